@@ -1,0 +1,109 @@
+"""Atomic checkpoint and run-file I/O.
+
+A checkpoint holds only plain types (tensors, dicts, lists, str, int, float, bool, None) so
+that `torch.load(weights_only=True)` opens it: that mode refuses arbitrary pickled objects,
+which is what makes loading a checkpoint from someone else safe.
+"""
+import csv
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.runtime import UserError
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Write through a temporary file in the same folder, then rename over `path`.
+
+    A run killed halfway through a save leaves the previous file intact instead of a
+    truncated one (os.replace is atomic on the same file system).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path, state):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path):
+    """Load on the CPU whatever device saved it; the caller moves the model where it wants."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; pass the best.pt or last.pt of a run folder")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged or foreign file
+        raise UserError(f"{path}: not a readable checkpoint of this course ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def get_rng_states():
+    """Every RNG a training run draws from, as tensors and plain numbers."""
+    np_state = np.random.get_state()  # ('MT19937', keys ndarray, pos, has_gauss, cached_gaussian)
+    py_state = random.getstate()  # (version, tuple of 625 ints, gauss_next)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
+    }
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def write_metrics_csv(path, history):
+    """history: a list of per-epoch dicts with the same keys. Rewritten whole each epoch, so a
+    resumed run never carries rows from epochs it rolled back."""
+    if not history:
+        return
+    fields = list(history[0].keys())
+
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+
+    atomic_write(path, write, mode="w")
+
+
+def read_metrics_csv(path):
+    with open(path, newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2), mode="w")
+
+
+def _number(text):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
