@@ -75,7 +75,9 @@ def main(argv=None):
                         f"use {checkpoint.get('stage')}/eval.py")
     device = pick_device(args.device)
     model = load_model(checkpoint).to(device)
-    data = load_data(args.data or checkpoint["config"]["data"], seed=checkpoint["config"]["seed"])
+    config = checkpoint["config"]  # read the data the way the run did (FER+ labels included)
+    data = load_data(args.data or config["data"], seed=config["seed"], labels=config.get("labels", "fer2013"),
+                     ferplus=config.get("ferplus"), ferplus_mode=config.get("ferplus_mode", "majority"))
     class_names = checkpoint["class_names"]
     if data.class_names != class_names:
         raise UserError(f"{data.source}: classes {data.class_names} differ from the checkpoint's {class_names}")

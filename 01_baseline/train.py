@@ -25,8 +25,8 @@ from tqdm import tqdm
 from common.checkpoint import get_rng_states, load_checkpoint, save_checkpoint, set_rng_states, write_json, write_metrics_csv
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
 from common.plots import plot_curves
-from common.runtime import (UserError, count_parameters, default_run_dir, import_sibling, loader_generator,
-                            pick_device, seed_everything, seed_worker)
+from common.runtime import (UserError, count_parameters, default_run_dir, import_sibling, loader_generator, log_scalars,
+                            open_tensorboard, pick_device, seed_everything, seed_worker)
 
 STAGE = Path(__file__).resolve().parent.name
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
@@ -46,6 +46,12 @@ def get_args(argv=None):
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--out", help="run folder (default: runs/<stage>/<timestamp>)")
     parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
+                        help="ferplus: relabel a fer2013.csv with the FER+ votes of --ferplus (8 classes)")
+    parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
+    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority",
+                        help="train on the majority vote, or on the vote distribution (soft targets)")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     # stage-specific flags
     parser.add_argument("--patience", type=int, default=5,
                         help="stop after this many epochs without a lower validation loss")
@@ -81,7 +87,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, desc):
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        targets = labels.argmax(dim=1) if labels.ndim == 2 else labels  # FER+ soft targets: (B, C) vote shares
+        correct += (logits.argmax(dim=1) == targets).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
     return total_loss / seen, correct / seen
@@ -103,7 +110,7 @@ def main(argv=None):
         if args.data == "builtin":
             print("note: no --data and no data/fer2013* found: training on the built-in drawn faces. "
                   "For real results put fer2013.csv from Kaggle in data/ (see README).")
-    data = load_data(args.data, seed=args.seed)
+    data = load_data(args.data, seed=args.seed, labels=args.labels, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode)
     train_loader, val_loader = build_loaders(args, data)
 
     model = model_lib.build_model(len(data.class_names), data.preprocessing["channels"]).to(device)
@@ -122,6 +129,7 @@ def main(argv=None):
         set_rng_states(checkpoint["rng"])
         train_loader.generator.set_state(checkpoint["rng"]["loader"])
     write_json(out / "config.json", vars(args))
+    writer = open_tensorboard(out) if args.tensorboard else None
     sizes = " ".join(f"{k} {v}" for k, v in data.sizes().items())
     print(f"stage {STAGE} | device {device} | {count_parameters(model):,} parameters | {sizes} | "
           f"classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
@@ -149,6 +157,8 @@ def main(argv=None):
         if improved:  # the model we keep is chosen on validation macro-F1, never on test
             save_checkpoint(out / "best.pt", state)
         write_metrics_csv(out / "metrics.csv", history)
+        if writer:
+            log_scalars(writer, history[-1])
         row = history[-1]
         print(f"Epoch {epoch}/{args.epochs} | train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
               f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% f1 {val['macro_f1']:.3f} | "

@@ -69,8 +69,13 @@ def find_default_data():
     return None
 
 
-def load_data(path=None, seed=0, val_fraction=0.1, use_cache=True):
-    """Load any supported source into a FaceData with uint8 tensors."""
+def load_data(path=None, seed=0, val_fraction=0.1, use_cache=True, labels="fer2013", ferplus=None,
+              ferplus_mode="majority"):
+    """Load any supported source into a FaceData with uint8 tensors.
+
+    labels="ferplus" relabels a FER2013 CSV with the FER+ votes in `ferplus` (fer2013new.csv):
+    8 classes; with ferplus_mode="probability" the train split's labels are vote shares (N, 8).
+    """
     if path is None or str(path) == "builtin":
         from common.builtin_faces import make_builtin_dataset
         return make_builtin_dataset(seed=0)  # the built-in set is fixed; `seed` only varies training
@@ -82,6 +87,9 @@ def load_data(path=None, seed=0, val_fraction=0.1, use_cache=True):
         data = _cached(path, _folder_fingerprint(path), read_fer2013_folders, use_cache)
     else:
         data = _cached(path, _file_fingerprint(path), read_fer2013_csv, use_cache)
+    if labels == "ferplus":
+        from common.ferplus import apply_ferplus_labels
+        data = apply_ferplus_labels(data, ferplus, ferplus_mode)
     return ensure_val_split(data, val_fraction, seed)
 
 

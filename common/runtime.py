@@ -85,3 +85,22 @@ def default_run_dir(stage_name):
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def open_tensorboard(log_dir):
+    """A TensorBoard SummaryWriter when the package is installed, else None and a one-line notice."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: --tensorboard needs the tensorboard package (pip install tensorboard); "
+              "continuing without it (metrics.csv has the same numbers)")
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def log_scalars(writer, row):
+    """One metrics.csv row (a dict with an "epoch" key) as TensorBoard scalars."""
+    for key, value in row.items():
+        if key != "epoch":
+            writer.add_scalar(key, value, row["epoch"])
+    writer.flush()
