@@ -76,3 +76,22 @@ def image_grid(images, labels, class_names, path, per_class=8, title=""):
     fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_class_counts(counts, class_names, path, title=""):
+    """A class histogram: one group of bars per class, one bar per split; counts = {split: [n per class]}."""
+    splits = list(counts)
+    x = np.arange(len(class_names))
+    width = 0.8 / max(len(splits), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(class_names), 3.6))
+    for k, split in enumerate(splits):
+        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, counts[split], width, label=split)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(x, class_names, rotation=30, ha="right")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
