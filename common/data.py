@@ -4,7 +4,9 @@ Supported inputs (`load_data(path)` picks the reader):
   * FER2013 CSV: fer2013.csv (emotion,pixels,Usage) or icml_face_data.csv (emotion, Usage, pixels),
     plain or gzip-compressed (.csv.gz).
   * The Kaggle FER2013 image folders: train/<class>/Training_*.jpg and test/<class>/{PublicTest,PrivateTest}_*.jpg.
-  * None or "builtin": the drawn faces of common.builtin_faces (no download needed).
+  * The Kaggle AffectNet tree: Train/ and Test/ class folders and/or labels.csv (common.affectnet).
+  * None or "builtin": the drawn faces of common.builtin_faces (no download needed);
+    "builtin-affectnet": their 8-class 96x96 colour variant.
 
 Why not torchvision.datasets.FER2013? It merges PublicTest and PrivateTest into one "test"
 split, so there is no validation split to select checkpoints on without peeking at the test
@@ -70,20 +72,29 @@ def find_default_data():
 
 
 def load_data(path=None, seed=0, val_fraction=0.1, use_cache=True, labels="fer2013", ferplus=None,
-              ferplus_mode="majority"):
+              ferplus_mode="majority", min_relfc=None):
     """Load any supported source into a FaceData with uint8 tensors.
 
     labels="ferplus" relabels a FER2013 CSV with the FER+ votes in `ferplus` (fer2013new.csv):
     8 classes; with ferplus_mode="probability" the train split's labels are vote shares (N, 8).
+    min_relfc keeps only the AffectNet train rows whose labels.csv relFCs is at least that.
     """
-    if path is None or str(path) == "builtin":
+    from common.affectnet import is_affectnet_tree, read_affectnet  # here: common.affectnet imports this module
+    if path is None or str(path) in ("builtin", "builtin-affectnet"):
         from common.builtin_faces import make_builtin_dataset
-        return make_builtin_dataset(seed=0)  # the built-in set is fixed; `seed` only varies training
+        if min_relfc is not None:
+            raise DataError("the built-in faces have no relFCs scores; drop --min-relfc or give --data an AffectNet tree")
+        variant = "affectnet" if str(path) == "builtin-affectnet" else "fer2013"
+        return make_builtin_dataset(seed=0, variant=variant)  # the built-in set is fixed; `seed` only varies training
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; give --data a FER2013 CSV (.csv/.csv.gz) "
                         f"or an image-folder tree, or leave --data out to use the built-in faces")
-    if path.is_dir():
+    if is_affectnet_tree(path):
+        data = read_affectnet(path, seed, val_fraction, use_cache, min_relfc)
+    elif min_relfc is not None:
+        raise DataError(f"{path}: --min-relfc needs an AffectNet tree whose labels.csv has a relFCs column")
+    elif path.is_dir():
         data = _cached(path, _folder_fingerprint(path), read_fer2013_folders, use_cache)
     else:
         data = _cached(path, _file_fingerprint(path), read_fer2013_csv, use_cache)
@@ -276,6 +287,13 @@ def read_image(file, size, channels, skipped):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         skipped.append((file, str(e).splitlines()[0] if str(e) else type(e).__name__))
         return None
+    return image_to_array(img, size, channels)
+
+
+def image_to_array(img, size, channels):
+    """A PIL image -> uint8 (C, size, size): gray by Pillow's "L" (ITU-R 601 luma) or RGB, resized
+    bilinearly. Image files read for training and faces cropped by 05_deploy both go through here."""
+    img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     array = np.asarray(img, dtype=np.uint8)
@@ -340,6 +358,16 @@ def eval_transform(preprocessing):
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(preprocessing["mean"], preprocessing["std"]),
     ])
+
+
+def preprocess_face(face, preprocessing):
+    """A cropped face (PIL image, or NumPy RGB (H, W, 3) / gray (H, W) uint8) -> the float (C, H, W)
+    tensor a model trained with `preprocessing` expects: the image readers' conversion, then
+    eval_transform. The deploy tools call this, so a demo never prepares faces differently."""
+    if isinstance(face, np.ndarray):
+        face = Image.fromarray(face)
+    array = image_to_array(face, preprocessing["size"], preprocessing["channels"])
+    return eval_transform(preprocessing)(torch.from_numpy(array))
 
 
 class ImageDataset(Dataset):
