@@ -296,7 +296,7 @@ def image_to_array(img, size, channels):
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
-    array = np.asarray(img, dtype=np.uint8)
+    array = np.array(img, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
     return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
 
 
