@@ -2,6 +2,10 @@
 
     python 01_baseline/eval.py --checkpoint runs/01_baseline/<run>/best.pt            # test split
     python 01_baseline/eval.py --checkpoint runs/01_baseline/<run>/best.pt --split val
+    python 01_baseline/eval.py --checkpoint runs/01_baseline/<run>/best.pt --tta tencrop --gradcam
+
+Writes report.json, confusion.png (counts), confusion_normalized.png, mistakes.png (the most
+confident mistakes), reliability.png (calibration), and with --gradcam gradcam.png.
 
 `evaluate()` is also what train.py calls every epoch, so validation during training and the
 final test are the same code. This file is identical in every stage except this docstring.
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from common.analysis import evaluate_tencrop, write_eval_figures, write_gradcam
 from common.checkpoint import load_checkpoint, write_json
 from common.data import ImageDataset, eval_transform, load_data
 from common.metrics import classification_report, format_confusion, format_report
@@ -64,6 +69,9 @@ def get_args(argv=None):
     parser.add_argument("--out", help="folder for the report (default: <run folder>/eval_<split>)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--tta", choices=["none", "tencrop"], default="none",
+                        help="tencrop: also report accuracy averaged over ten shifted and mirrored crops")
+    parser.add_argument("--gradcam", action="store_true", help="also write gradcam.png: where the model looked")
     return parser.parse_args(argv)
 
 
@@ -93,9 +101,18 @@ def main(argv=None):
     print(format_report(report))
     print(format_confusion(report["confusion_matrix"], class_names))
     plot_confusion(report["confusion_matrix"], class_names, out / "confusion.png", title=title)
+    extra = write_eval_figures(out, images, result, class_names, title)  # calibration, mistakes, normalised confusion
+    if args.tta == "tencrop":
+        tta = evaluate_tencrop(model, loader, device)
+        extra["tencrop"] = {key: tta[key] for key in ("loss", "accuracy", "macro_f1")}
+        print(f"ten-crop: accuracy {100 * tta['accuracy']:.1f}% | macro-F1 {tta['macro_f1']:.3f} "
+              f"(single crop: {100 * report['accuracy']:.1f}% | {report['macro_f1']:.3f})")
+    if args.gradcam:
+        write_gradcam(model, images, labels, class_names, checkpoint["preprocessing"], device, out / "gradcam.png", title)
     write_json(out / "report.json", {"stage": STAGE, "checkpoint": str(args.checkpoint), "data": data.source,
-                                     "split": args.split, "loss": result["loss"], **report})
-    print(f"accuracy {100 * report['accuracy']:.1f}% | macro-F1 {report['macro_f1']:.3f} | wrote {out}")
+                                     "split": args.split, "loss": result["loss"], **report, **extra})
+    print(f"accuracy {100 * report['accuracy']:.1f}% | macro-F1 {report['macro_f1']:.3f} | "
+          f"ECE {extra['ece']:.3f} | wrote {out}")
     return report
 
 
