@@ -49,6 +49,9 @@ def export_onnx(model, example, path, exporter):
     if exporter == "dynamo":
         faces.require("onnxscript", "onnxscript")
         batch = torch.export.Dim("batch")
+        # 03_attention keeps its last attention maps on the modules for plotting; the exporter
+        # warns that they are not buffers, which does not matter for inference.
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
         torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
                           dynamic_shapes=({0: batch},),
                           external_data=False,  # weights inside the .onnx, not in a .onnx.data file beside it

@@ -39,6 +39,8 @@ def get_args(argv=None):
     parser.add_argument("--no-detect", action="store_true", help="each image is already one cropped face")
     parser.add_argument("--margin", type=float, default=0.1, help="crop margin around a found face, share of its size")
     parser.add_argument("--min-neighbors", type=int, default=5, help="Haar cascade strictness: higher, fewer false faces")
+    parser.add_argument("--min-face", type=float, default=0.05,
+                        help="smallest face searched for, share of the image's short side (smaller: slower)")
     return parser.parse_args(argv)
 
 
@@ -108,7 +110,7 @@ def main(argv=None):
     args = get_args(argv)
     classifier = faces.Classifier(args.model)
     cv2 = faces.require("cv2", "opencv-python-headless<5")
-    detector = None if args.no_detect else faces.FaceDetector(min_neighbors=args.min_neighbors)
+    detector = None if args.no_detect else faces.FaceDetector(min_neighbors=args.min_neighbors, min_fraction=args.min_face)
     out = Path(args.out) if args.out else RUNS_DIR / "05_deploy" / time.strftime("predict-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     names = classifier.class_names
@@ -135,7 +137,7 @@ def main(argv=None):
             found = ", ".join(f"{f['label']} {100 * f['probability']:.0f}%" for f in results)
             print(f"{path}: {len(results)} face{'s' if len(results) > 1 else ''}: {found}")
         else:
-            print(f"{path}: no face found (try --min-neighbors 3, or --no-detect for cropped faces)")
+            print(f"{path}: no face found (try --min-neighbors 3 or --min-face 0.02; --no-detect for cropped faces)")
         rows.append(row)
     write_json(out / "predictions.json", {"model": str(args.model), "backend": classifier.backend,
                                           "stage": classifier.stage, "class_names": names, "images": rows})

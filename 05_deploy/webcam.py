@@ -42,6 +42,8 @@ def get_args(argv=None):
     parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: until the end)")
     parser.add_argument("--margin", type=float, default=0.1, help="crop margin around a found face, share of its size")
     parser.add_argument("--min-neighbors", type=int, default=5, help="Haar cascade strictness: higher, fewer false faces")
+    parser.add_argument("--min-face", type=float, default=0.15,
+                        help="smallest face searched for, share of the frame's short side (smaller: slower)")
     return parser.parse_args(argv)
 
 
@@ -123,7 +125,7 @@ def main(argv=None):
         raise UserError(f"--smoothing {args.smoothing}: must be in (0, 1]; 1 turns smoothing off")
     classifier = faces.Classifier(args.model)
     cv2 = faces.require("cv2", "opencv-python-headless<5")
-    detector = faces.FaceDetector(min_neighbors=args.min_neighbors)
+    detector = faces.FaceDetector(min_neighbors=args.min_neighbors, min_fraction=args.min_face)
     if not args.no_window:
         try:
             cv2.namedWindow(TITLE)
