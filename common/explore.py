@@ -2,6 +2,7 @@
 
     python -m common.explore                                   # the built-in drawn faces
     python -m common.explore --data data/fer2013.csv --out runs/explore/fer2013
+    python -m common.explore --data data/affectnet      # any layout load_data reads, or builtin-affectnet
 
 The first notebook of ../shared/seeds/004 did this for FER2013 and found a 16.6:1 imbalance
 (happy against disgust), 1,236 duplicate images and a pixel mean of 131.0 +- 64.3. Those three
@@ -125,9 +126,12 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default="builtin", help="FER2013 CSV (.csv/.csv.gz), image-folder tree or builtin")
     parser.add_argument("--out", help="folder for explore.json and the PNGs (default: runs/explore/<data name>)")
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
+                        help="ferplus: count the FER+ majority labels of --ferplus instead (8 classes)")
+    parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
     parser.add_argument("--per-class", type=int, default=10, help="sample images per class in samples.png")
     args = parser.parse_args(argv)
-    data = load_data(args.data)
+    data = load_data(args.data, labels=args.labels, ferplus=args.ferplus)  # majority votes: one label per image
     name = "builtin" if args.data == "builtin" else Path(args.data).name.split(".")[0]
     out = Path(args.out) if args.out else RUNS_DIR / "explore" / name
     out.mkdir(parents=True, exist_ok=True)
