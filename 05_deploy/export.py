@@ -46,19 +46,19 @@ def get_args(argv=None):
 
 def export_onnx(model, example, path, exporter):
     """Write `model` to `path` with a dynamic batch axis, as one self-contained file."""
-    if exporter == "dynamo":
-        faces.require("onnxscript", "onnxscript")
-        batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
         # 03_attention keeps its last attention maps on the modules for plotting; the exporter
         # warns that they are not buffers, which does not matter for inference.
         warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
-        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},),
-                          external_data=False,  # weights inside the .onnx, not in a .onnx.data file beside it
-                          verbose=False)
-    else:
-        with warnings.catch_warnings():  # we chose the deprecated exporter on purpose
-            warnings.simplefilter("ignore", DeprecationWarning)
+        if exporter == "dynamo":
+            faces.require("onnxscript", "onnxscript")
+            torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"],
+                              output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              external_data=False,  # weights inside the .onnx, not in a .onnx.data file beside it
+                              verbose=False)
+        else:
+            warnings.simplefilter("ignore", DeprecationWarning)  # we chose the deprecated exporter on purpose
             torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["images"],
                               output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
