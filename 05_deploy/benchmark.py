@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -70,7 +71,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     ort = faces.require("onnxruntime", "onnxruntime")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads | "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads | "
           f"torch {torch.__version__} | onnxruntime {ort.__version__} | median of {args.repeats}")
     crop = photo_face()
     rows = []
