@@ -5,7 +5,8 @@
     python 01_baseline/eval.py --checkpoint runs/01_baseline/<run>/best.pt --tta tencrop --gradcam
 
 Writes report.json, confusion.png (counts), confusion_normalized.png, mistakes.png (the most
-confident mistakes), reliability.png (calibration), and with --gradcam gradcam.png.
+confident mistakes), reliability.png (calibration), with --gradcam gradcam.png,
+with --attention attention.png (03_attention).
 
 `evaluate()` is also what train.py calls every epoch, so validation during training and the
 final test are the same code. This file is identical in every stage except this docstring.
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common.analysis import evaluate_tencrop, write_eval_figures, write_gradcam
+from common.analysis import evaluate_tencrop, pick_per_class, scale_maps, write_eval_figures, write_gradcam
 from common.checkpoint import load_checkpoint, write_json
 from common.data import ImageDataset, eval_transform, load_data
 from common.metrics import classification_report, format_confusion, format_report
-from common.plots import plot_confusion
+from common.plots import plot_attention_grid, plot_confusion
 from common.runtime import UserError, import_sibling, pick_device
 
 STAGE = Path(__file__).resolve().parent.name
@@ -59,6 +60,20 @@ def load_model(checkpoint):
     return model
 
 
+@torch.no_grad()
+def write_attention(model, images, labels, class_names, preprocessing, device, path, title="", per_class=6):
+    """attention.png: `per_class` faces of every true class with the model's spatial attention
+    (`model.attention_maps(batch)`, (B, 1, h, w) in [0, 1]: 03_attention's CBAM maps) overlaid."""
+    model.eval()
+    index = pick_per_class(labels, len(class_names), per_class)
+    batch = torch.stack([eval_transform(preprocessing)(image) for image in images[index]]).to(device)
+    confidence, preds = model(batch).softmax(dim=1).max(dim=1)
+    maps = model.attention_maps(batch).float()  # (B, 1, h, w)
+    maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)  # (B, 1, H, W)
+    plot_attention_grid(images[index], scale_maps(maps[:, 0]).cpu(), labels[index], preds.cpu(), confidence.cpu(),
+                        class_names, path, per_class=per_class, title=title)
+
+
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=f"Evaluate a {STAGE} checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -72,6 +87,8 @@ def get_args(argv=None):
     parser.add_argument("--tta", choices=["none", "tencrop"], default="none",
                         help="tencrop: also report accuracy averaged over ten shifted and mirrored crops")
     parser.add_argument("--gradcam", action="store_true", help="also write gradcam.png: where the model looked")
+    parser.add_argument("--attention", action="store_true",
+                        help="also write attention.png: the model's spatial attention maps (03_attention)")
     return parser.parse_args(argv)
 
 
@@ -83,6 +100,8 @@ def main(argv=None):
                         f"use {checkpoint.get('stage')}/eval.py")
     device = pick_device(args.device)
     model = load_model(checkpoint).to(device)
+    if args.attention and not hasattr(model, "attention_maps"):
+        raise UserError(f"{STAGE}: this stage's model has no attention maps; use 03_attention (or --gradcam)")
     config = checkpoint["config"]  # read the data the way the run did (FER+ labels included)
     data = load_data(args.data or config["data"], seed=config["seed"], labels=config.get("labels", "fer2013"),
                      ferplus=config.get("ferplus"), ferplus_mode=config.get("ferplus_mode", "majority"))
@@ -109,6 +128,8 @@ def main(argv=None):
               f"(single crop: {100 * report['accuracy']:.1f}% | {report['macro_f1']:.3f})")
     if args.gradcam:
         write_gradcam(model, images, labels, class_names, checkpoint["preprocessing"], device, out / "gradcam.png", title)
+    if args.attention:
+        write_attention(model, images, labels, class_names, checkpoint["preprocessing"], device, out / "attention.png", title)
     write_json(out / "report.json", {"stage": STAGE, "checkpoint": str(args.checkpoint), "data": data.source,
                                      "split": args.split, "loss": result["loss"], **report, **extra})
     print(f"accuracy {100 * report['accuracy']:.1f}% | macro-F1 {report['macro_f1']:.3f} | "

@@ -199,3 +199,26 @@ def plot_comparison(rows, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_attention_grid(images, maps, labels, preds, confidences, class_names, path, per_class=6, title=""):
+    """One row per true class: faces with a spatial attention map (H, W per face, 0-1, jet) overlaid,
+    each captioned with the predicted class and its probability, in red when wrong."""
+    fig, axes = plt.subplots(len(class_names), per_class, figsize=(per_class * 1.05 + 1, len(class_names) * 1.2 + 0.6),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    labels = np.asarray(labels)
+    for row, name in enumerate(class_names):
+        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
+        for col, i in enumerate(np.flatnonzero(labels == row)[:per_class]):
+            ax = axes[row, col]
+            _face(ax, images[i])
+            ax.imshow(np.asarray(maps[i]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(f"{class_names[int(preds[i])][:8]} {float(confidences[i]):.2f}", fontsize=7,
+                         color="black" if int(preds[i]) == row else "red")
+    fig.suptitle(f"{title}\nspatial attention (scaled per face); rows: true class, caption: predicted, red: wrong",
+                 fontsize=9)
+    fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.35)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
