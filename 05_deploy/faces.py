@@ -7,6 +7,7 @@ instead of 0-1, another mean) is the usual reason for "it always says neutral".
 """
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from common.data import preprocess_face
 from common.runtime import REPO_ROOT, UserError, import_sibling
 
 INSTALL_HINT = "pip install -r 05_deploy/requirements.txt"
+# OpenCV and its FFmpeg print their own warnings (a missing camera, a bad frame) on top of ours;
+# keep errors only, so a problem reads as one line. Read when cv2 is first imported.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 # ONNX metadata keys written by export.py: everything a runtime needs besides the weights.
 METADATA_KEYS = ("stage", "class_names", "preprocessing")
 

@@ -168,7 +168,7 @@ def main(argv=None):
         if not args.no_window:
             cv2.destroyAllWindows()
     if frames == 0:
-        raise UserError(f"{args.video or f'camera {args.camera}'}: gave no frames")
+        raise UserError(f"{args.video or f'camera {args.camera}'}: gave no frames; is it a video OpenCV can decode?")
     total = time.perf_counter() - started
     saved = f" | wrote {args.output}" if args.output else ""
     print(f"done | {frames} frames in {total:.1f}s, {frames / total:.1f} fps | {classifier.backend}{saved}")

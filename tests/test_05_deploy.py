@@ -231,3 +231,13 @@ def test_webcam_asking_for_a_window_on_headless_opencv_names_the_package(exporte
     checkpoint, _ = exported
     with pytest.raises(UserError, match=r"pip install 'opencv-python<5'"):
         deploy("webcam").main(["--model", str(checkpoint), "--video", "unused.mp4"])
+
+
+def test_webcam_with_a_bad_video_says_which_file(exported, tmp_path):
+    checkpoint, _ = exported
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    webcam = deploy("webcam")
+    with pytest.raises(UserError, match=r"clip\.mp4: (cannot be opened as a video|gave no frames)"):
+        webcam.main(["--model", str(checkpoint), "--video", str(tmp_path / "clip.mp4"), "--no-window"])
+    with pytest.raises(UserError, match=r"missing\.mp4: no such video file"):
+        webcam.main(["--model", str(checkpoint), "--video", str(tmp_path / "missing.mp4"), "--no-window"])
