@@ -101,7 +101,7 @@ def test_export_matches_pytorch_and_carries_its_metadata(stage, tmp_path, capsys
     assert np.ptp(expected, axis=0).max() > 0.005  # the answers depend on the face, so agreeing means something
 
 
-def test_torchscript_exporter_works_without_onnxscript_path(tmp_path):
+def test_the_older_torchscript_exporter_also_passes_parity(tmp_path):
     checkpoint = make_checkpoint("01_baseline", tmp_path / "best.pt")
     result = deploy("export").main(["--checkpoint", str(checkpoint), "--exporter", "torchscript"])
     assert result["out"] == tmp_path / "best.onnx" and result["max_abs_diff"] < 1e-4
