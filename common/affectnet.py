@@ -167,8 +167,7 @@ def _report(root, problems, overridden):
     for kind, items in problems.items():
         if items:
             first = "; ".join(f"{where}: {what}" for where, what in items[:SHOW])
-            print(f"warning: {root}: skipped {len(items)} row(s) or file(s) with a {kind} (first: {first})",
-                  file=sys.stderr)
+            print(f"warning: {root}: {kind}: skipped {len(items)} (first: {first})", file=sys.stderr)
     if overridden:
         print(f"note: {root}: {overridden} labels.csv label(s) differ from the image's folder; the CSV wins",
               file=sys.stderr)

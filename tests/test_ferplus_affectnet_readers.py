@@ -86,7 +86,7 @@ def test_a_split_relative_path_found_in_two_splits_is_reported_not_guessed(tmp_p
                 write_image(tmp_path / split / name / f"image{i}.png", 10 * c + i)
     write_labels(tmp_path / "labels.csv", [("anger/image0.png", "contempt", 0.9)])
     data = read_affectnet(tmp_path, use_cache=False)
-    assert "skipped 1 row(s) or file(s) with a path in several splits" in capsys.readouterr().err
+    assert "path in several splits: skipped 1 (first: " in capsys.readouterr().err
     assert data.splits["test"][1][values(data.splits["test"][0]).index(0)] == 0  # kept its folder label
 
 
@@ -131,9 +131,9 @@ def test_missing_unknown_and_unreadable_are_counted_and_skipped(tmp_path, capsys
     write_image(tmp_path / "Test" / "smirk" / "odd.png", 7)
     data = read_affectnet(tmp_path, use_cache=False)
     err = capsys.readouterr().err
-    assert "skipped 2 row(s) or file(s) with a missing file (first: " in err and "gone1.jpg" in err
-    assert "skipped 2 row(s) or file(s) with a unknown label" in err and "label 'smug'" in err and "odd.png" in err
-    assert "skipped 1 row(s) or file(s) with a unreadable image (first: " in err and "broken.jpg" in err
+    assert "missing file: skipped 2 (first: " in err and "gone1.jpg" in err
+    assert "unknown label: skipped 2 (first: " in err and "label 'smug'" in err and "odd.png" in err
+    assert "unreadable image: skipped 1 (first: " in err and "broken.jpg" in err
     assert data.sizes()["test"] == 8 and data.sizes()["train"] + data.sizes()["val"] == 79
 
 
