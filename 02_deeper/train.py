@@ -117,7 +117,7 @@ def main(argv=None):
     if checkpoint:  # continue with the saved recipe; only these may change on the command line
         given = {k: v for k, v in vars(args).items() if k in ("epochs", "device", "num_workers", "out")
                  and v != parser.get_default(k)}
-        args = argparse.Namespace(**{**vars(args), **checkpoint["config"], **given, "resume": args.resume})
+        args = argparse.Namespace(**{**vars(args), **checkpoint["config"], "out": None, **given, "resume": args.resume})
     print("args:", json.dumps(vars(args)))
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -138,6 +138,8 @@ def main(argv=None):
 
     out = Path(args.out) if args.out else (Path(args.resume).resolve().parent if args.resume else default_run_dir(STAGE))
     out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
+    args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     history, start_epoch, best_f1, best_loss, bad_epochs = [], 1, -1.0, float("inf"), 0
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
