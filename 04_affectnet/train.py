@@ -72,8 +72,8 @@ def build_train_transform(preprocessing, augment="flip-rotate"):
     if augment == "flip-rotate":  # New in 03_attention: the attention notebook's lighter augmentation is the default
         return v2.Compose([
             v2.RandomHorizontalFlip(),
-            v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),  # New in 04_affectnet: seeds/003, colour faces
+            v2.RandomRotation(10),  # New in 04_affectnet: seeds/003's milder rotation and ColorJitter for colour faces
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             eval_transform(preprocessing),
         ])
     return v2.Compose([  # New in 02_deeper: seeds/004 V3 augmentation; each epoch sees every face moved and relit

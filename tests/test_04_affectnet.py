@@ -76,6 +76,7 @@ def trained_run(affectnet_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("run04")
     train = load_stage_module(STAGE, "train")
     history = train.main(["--data", str(affectnet_tree), "--image-size", "48", "--batch-size", "32", "--epochs", "8",
+                          "--num-workers", "0",
                           "--out", str(out)])
     return out, history
 
