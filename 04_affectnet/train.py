@@ -156,6 +156,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
     args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
+    args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     history, start_epoch, best_f1, best_loss, bad_epochs = [], 1, -1.0, float("inf"), 0
     if checkpoint:
         model.load_state_dict(checkpoint["model"])

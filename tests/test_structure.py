@@ -82,7 +82,7 @@ def test_help_lists_the_shared_flags(run, stage):
 def test_readme_quick_start_is_what_ci_runs():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    quick = readme[readme.index("## Quick start"):].split("```")[1].strip().splitlines()
+    quick = readme[readme.index("## Quick start"):].split("```")[1].splitlines()[1:]  # after the ```bash line
     commands = [line for line in quick if line and not line.startswith("#")]
     assert commands == ["pip install -r requirements.txt", "python 01_baseline/train.py", "python -m pytest"]
     assert "python -m pip install -r requirements.txt" in ci and "python -m pytest" in ci
