@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real-format files written per test, stage modules loaded by path, and a
 helper that runs a script the way a user does (a subprocess from the repo root)."""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,9 @@ import torch  # noqa: E402
 from common.builtin_faces import make_builtin_dataset, write_fer2013_csv, write_image_folders  # noqa: E402
 from common.runtime import import_sibling  # noqa: E402
 
+# The per-epoch log line every stage prints (DEVELOPERS.md), for tests that read stdout.
+LOG_LINE = re.compile(r"^Epoch \d+/\d+ \| train loss \d+\.\d{3} acc \d+\.\d% \| val loss \d+\.\d{3} acc \d+\.\d% "
+                      r"f1 \d\.\d{3} \| lr \d\.\de-\d\d \| \d+ img/s \| \d+s( \*)?$")
 STAGES = sorted(p.name for p in REPO.glob("0[1-4]_*") if (p / "train.py").is_file())
 
 
@@ -53,6 +57,14 @@ def faces_csv(small_faces, tmp_path_factory):
     """The small built-in set written as fer2013.csv with all three Usage values."""
     path = tmp_path_factory.mktemp("faces") / "fer2013.csv"
     write_fer2013_csv(small_faces, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory):
+    """Fewer faces than faces_csv, for the deeper stages (several times the baseline's cost per image)."""
+    path = tmp_path_factory.mktemp("faces-small") / "fer2013.csv"
+    write_fer2013_csv(make_builtin_dataset(seed=0, sizes=(256, 70, 70)), path)
     return path
 
 

@@ -1,16 +1,13 @@
 """01_baseline: the model, a run that learns, the run folder, eval outputs, resume, bad input."""
 import json
-import re
 
 import pytest
 import torch
-from conftest import REPO, load_stage_module
+from conftest import LOG_LINE, REPO, load_stage_module
 
 from common.checkpoint import load_checkpoint, read_metrics_csv
 
 STAGE = "01_baseline"
-LOG_LINE = re.compile(r"^Epoch \d+/\d+ \| train loss \d+\.\d{3} acc \d+\.\d% \| val loss \d+\.\d{3} acc \d+\.\d% "
-                      r"f1 \d\.\d{3} \| lr \d\.\de-\d\d \| \d+ img/s \| \d+s( \*)?$")
 
 
 def test_output_shape_and_parameter_count_match_readme():

@@ -1,27 +1,16 @@
 """02_deeper: the model, augmentation, class imbalance options, a run that learns, eval, resume."""
 import argparse
 import json
-import re
 
 import pytest
 import torch
-from conftest import REPO, load_stage_module
+from conftest import LOG_LINE, REPO, load_stage_module
 
-from common.builtin_faces import make_builtin_dataset, write_fer2013_csv
+from common.builtin_faces import make_builtin_dataset
 from common.checkpoint import load_checkpoint, read_metrics_csv
 from common.runtime import UserError
 
 STAGE = "02_deeper"
-LOG_LINE = re.compile(r"^Epoch \d+/\d+ \| train loss \d+\.\d{3} acc \d+\.\d% \| val loss \d+\.\d{3} acc \d+\.\d% "
-                      r"f1 \d\.\d{3} \| lr \d\.\de-\d\d \| \d+ img/s \| \d+s( \*)?$")
-
-
-@pytest.fixture(scope="module")
-def small_csv(tmp_path_factory):
-    """Fewer faces than conftest's set: this model costs ~8x the baseline's multiply-adds per image."""
-    path = tmp_path_factory.mktemp("faces02") / "fer2013.csv"
-    write_fer2013_csv(make_builtin_dataset(seed=0, sizes=(256, 70, 70)), path)
-    return path
 
 
 def test_output_shape_and_parameter_count_match_readme():

@@ -1,24 +1,13 @@
 """03_attention: CBAM shapes and ranges, the model, a run that learns, eval with attention maps, resume."""
 import json
-import re
 
 import pytest
 import torch
-from conftest import REPO, load_stage_module
+from conftest import LOG_LINE, REPO, load_stage_module
 
-from common.builtin_faces import make_builtin_dataset, write_fer2013_csv
 from common.checkpoint import load_checkpoint, read_metrics_csv
 
 STAGE = "03_attention"
-LOG_LINE = re.compile(r"^Epoch \d+/\d+ \| train loss \d+\.\d{3} acc \d+\.\d% \| val loss \d+\.\d{3} acc \d+\.\d% "
-                      r"f1 \d\.\d{3} \| lr \d\.\de-\d\d \| \d+ img/s \| \d+s( \*)?$")
-
-
-@pytest.fixture(scope="module")
-def small_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("faces03") / "fer2013.csv"
-    write_fer2013_csv(make_builtin_dataset(seed=0, sizes=(256, 70, 70)), path)
-    return path
 
 
 def test_output_shape_and_parameter_count_match_readme():

@@ -1,12 +1,11 @@
 """04_affectnet: the model, a short run on an AffectNet-format tree that learns, 8-class eval
 outputs, the built-in 8-class default, resuming a killed run on the cosine schedule, --grayscale."""
 import json
-import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_stage_module
+from conftest import LOG_LINE, REPO, load_stage_module
 from PIL import Image
 
 from common.builtin_faces import make_builtin_dataset
@@ -14,8 +13,6 @@ from common.checkpoint import load_checkpoint, read_metrics_csv
 from common.classes import AFFECTNET_CLASSES
 
 STAGE = "04_affectnet"
-LOG_LINE = re.compile(r"^Epoch \d+/\d+ \| train loss \d+\.\d{3} acc \d+\.\d% \| val loss \d+\.\d{3} acc \d+\.\d% "
-                      r"f1 \d\.\d{3} \| lr \d\.\de-\d\d \| \d+ img/s \| \d+s( \*)?$")
 
 
 def write_affectnet_tree(data, root, seed=0):
