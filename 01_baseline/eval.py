@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common.analysis import evaluate_tencrop, pick_per_class, scale_maps, write_eval_figures, write_gradcam
+from common.analysis import evaluate_tencrop, write_attention, write_eval_figures, write_gradcam
 from common.checkpoint import load_checkpoint, write_json
 from common.data import ImageDataset, eval_transform, load_data
 from common.metrics import classification_report, format_confusion, format_report
-from common.plots import plot_attention_grid, plot_confusion
+from common.plots import plot_confusion
 from common.runtime import UserError, import_sibling, pick_device
 
 STAGE = Path(__file__).resolve().parent.name
@@ -58,20 +58,6 @@ def load_model(checkpoint):
                                   **checkpoint.get("model_kwargs", {}))
     model.load_state_dict(checkpoint["model"])
     return model
-
-
-@torch.no_grad()
-def write_attention(model, images, labels, class_names, preprocessing, device, path, title="", per_class=6):
-    """attention.png: `per_class` faces of every true class with the model's spatial attention
-    (`model.attention_maps(batch)`, (B, 1, h, w) in [0, 1]: 03_attention's CBAM maps) overlaid."""
-    model.eval()
-    index = pick_per_class(labels, len(class_names), per_class)
-    batch = torch.stack([eval_transform(preprocessing)(image) for image in images[index]]).to(device)
-    confidence, preds = model(batch).softmax(dim=1).max(dim=1)
-    maps = model.attention_maps(batch).float()  # (B, 1, h, w)
-    maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)  # (B, 1, H, W)
-    plot_attention_grid(images[index], scale_maps(maps[:, 0]).cpu(), labels[index], preds.cpu(), confidence.cpu(),
-                        class_names, path, per_class=per_class, title=title)
 
 
 def get_args(argv=None):

@@ -13,7 +13,7 @@ from torch import nn
 
 from common.data import eval_transform
 from common.metrics import classification_report
-from common.plots import plot_confusion, plot_gradcam_grid, plot_mistakes, plot_reliability
+from common.plots import plot_confusion, plot_heatmap_grid, plot_mistakes, plot_reliability
 
 
 # ---------------------------------------------------------------- calibration
@@ -173,22 +173,39 @@ def pick_per_class(labels, num_classes, per_class):
     return torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)])
 
 
+def attention_maps(model, batch):
+    """The model's spatial attention (03_attention's CBAM maps) at the input's size, scaled 0-1 per face."""
+    with torch.no_grad():
+        maps = model.attention_maps(batch)
+    maps = maps if maps.ndim == 4 else maps[:, None]  # (B, 1, h, w)
+    maps = F.interpolate(maps.float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)
+    return scale_maps(maps[:, 0]).cpu()  # (B, H, W)
+
+
+def _faces_per_class(images, labels, class_names, preprocessing, device, per_class):
+    index = pick_per_class(labels, len(class_names), per_class)
+    transform = eval_transform(preprocessing)
+    return index, torch.stack([transform(image) for image in images[index]]).to(device)
+
+
 def write_gradcam(model, images, labels, class_names, preprocessing, device, path, title="", per_class=6):
     """gradcam.png: `per_class` faces of every true class, each with the heat map of its predicted
     class. A model that defines `attention_maps(images)` (03_attention: its CBAM spatial maps,
     (B, h, w)) also gets that map beside each Grad-CAM, to compare where attention and evidence lie."""
-    index = pick_per_class(labels, len(class_names), per_class)
-    transform = eval_transform(preprocessing)
-    batch = torch.stack([transform(image) for image in images[index]]).to(device)
+    index, batch = _faces_per_class(images, labels, class_names, preprocessing, device, per_class)
     cams, probs = grad_cam(model, batch)
-    attention = None
-    if hasattr(model, "attention_maps"):
-        with torch.no_grad():
-            maps = model.attention_maps(batch)
-        maps = maps if maps.ndim == 4 else maps[:, None]  # (B, 1, h, w)
-        attention = scale_maps(F.interpolate(maps.float(), size=batch.shape[-2:], mode="bilinear",
-                                             align_corners=False)[:, 0]).cpu()
+    attention = attention_maps(model, batch) if hasattr(model, "attention_maps") else None
     confidence, preds = probs.max(dim=1)
-    plot_gradcam_grid(images[index], cams.cpu(), labels[index], preds.cpu(), confidence.cpu(), class_names, path,
+    plot_heatmap_grid(images[index], cams.cpu(), labels[index], preds.cpu(), confidence.cpu(), class_names, path,
                       per_class=per_class, title=title, attention=attention)
     return cams
+
+
+@torch.no_grad()
+def write_attention(model, images, labels, class_names, preprocessing, device, path, title="", per_class=6):
+    """attention.png: `per_class` faces of every true class with the model's spatial attention overlaid."""
+    model.eval()
+    index, batch = _faces_per_class(images, labels, class_names, preprocessing, device, per_class)
+    confidence, preds = model(batch).softmax(dim=1).max(dim=1)
+    plot_heatmap_grid(images[index], attention_maps(model, batch), labels[index], preds.cpu(), confidence.cpu(),
+                      class_names, path, per_class=per_class, title=title, kind="spatial attention")

@@ -149,11 +149,11 @@ def plot_mistakes(images, labels, preds, confidences, class_names, path, title="
     plt.close(fig)
 
 
-def plot_gradcam_grid(images, cams, labels, preds, confidences, class_names, path, per_class=6, title="",
-                      attention=None):
-    """One row per true class: faces with their Grad-CAM heat map (0-1, jet) over the predicted
-    class, captioned with the prediction. With `attention` (maps like `cams`) each face gets a
-    second panel with that map, side by side."""
+def plot_heatmap_grid(images, cams, labels, preds, confidences, class_names, path, per_class=6, title="",
+                      attention=None, kind="Grad-CAM"):
+    """One row per true class: faces with a heat map (0-1, jet) overlaid, captioned with the
+    prediction (red when wrong). `kind` names the maps (Grad-CAM, spatial attention). With
+    `attention` (maps like `cams`) each face gets a second panel with that map, side by side."""
     panels = 1 if attention is None else 2
     cols = per_class * panels
     fig, axes = plt.subplots(len(class_names), cols, figsize=(cols * 1.05 + 1, len(class_names) * 1.2 + 0.6),
@@ -164,15 +164,15 @@ def plot_gradcam_grid(images, cams, labels, preds, confidences, class_names, pat
     for row, name in enumerate(class_names):
         axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
         for k, i in enumerate(np.flatnonzero(labels == row)[:per_class]):
-            maps = [(cams[i], "Grad-CAM")] + ([(attention[i], "attention")] if attention is not None else [])
+            maps = [(cams[i], kind)] + ([(attention[i], "attention")] if attention is not None else [])
             for p, (heat, kind) in enumerate(maps):
                 ax = axes[row, k * panels + p]
                 _face(ax, images[i])
                 ax.imshow(np.asarray(heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
                 caption = f"{class_names[int(preds[i])][:8]} {float(confidences[i]):.2f}" if p == 0 else kind
                 ax.set_title(caption, fontsize=7, color="black" if int(preds[i]) == row else "red")
-    kinds = "Grad-CAM (left) and attention map (right)" if attention is not None else "Grad-CAM"
-    fig.suptitle(f"{title}\n{kinds} for the predicted class; rows: true class, red: wrong", fontsize=9)
+    kinds = f"{kind} (left) and attention map (right)" if attention is not None else kind
+    fig.suptitle(f"{title}\n{kinds}, scaled per face; rows: true class, caption: predicted, red: wrong", fontsize=9)
     fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.35)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -197,28 +197,5 @@ def plot_comparison(rows, path):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_attention_grid(images, maps, labels, preds, confidences, class_names, path, per_class=6, title=""):
-    """One row per true class: faces with a spatial attention map (H, W per face, 0-1, jet) overlaid,
-    each captioned with the predicted class and its probability, in red when wrong."""
-    fig, axes = plt.subplots(len(class_names), per_class, figsize=(per_class * 1.05 + 1, len(class_names) * 1.2 + 0.6),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    labels = np.asarray(labels)
-    for row, name in enumerate(class_names):
-        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
-        for col, i in enumerate(np.flatnonzero(labels == row)[:per_class]):
-            ax = axes[row, col]
-            _face(ax, images[i])
-            ax.imshow(np.asarray(maps[i]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_title(f"{class_names[int(preds[i])][:8]} {float(confidences[i]):.2f}", fontsize=7,
-                         color="black" if int(preds[i]) == row else "red")
-    fig.suptitle(f"{title}\nspatial attention (scaled per face); rows: true class, caption: predicted, red: wrong",
-                 fontsize=9)
-    fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.35)
     fig.savefig(path, dpi=100)
     plt.close(fig)

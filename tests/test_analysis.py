@@ -181,10 +181,10 @@ def test_gradcam_survives_an_inplace_relu_after_the_conv():
 def test_gradcam_grid_puts_attention_beside_gradcam(monkeypatch, tmp_path, tiny_faces):
     from common import analysis
     from common.classes import PREPROCESSING
-    from common.plots import plot_gradcam_grid
+    from common.plots import plot_heatmap_grid
     images, labels = tiny_faces.splits["train"]
     seen = {}
-    monkeypatch.setattr(analysis, "plot_gradcam_grid", lambda *a, **kw: seen.update(kw, images=a[0]))
+    monkeypatch.setattr(analysis, "plot_heatmap_grid", lambda *a, **kw: seen.update(kw, images=a[0]))
     model = TinyAttentionNet()
     analysis.write_gradcam(model, images, labels, tiny_faces.class_names, PREPROCESSING["fer2013"],
                            torch.device("cpu"), tmp_path / "unused.png", per_class=2)
@@ -194,8 +194,8 @@ def test_gradcam_grid_puts_attention_beside_gradcam(monkeypatch, tmp_path, tiny_
     cams = torch.rand(len(attention), 48, 48)
     n = len(attention)
     args = (seen["images"], cams, labels[:n], labels[:n], torch.ones(n), tiny_faces.class_names)
-    plot_gradcam_grid(*args, tmp_path / "plain.png", per_class=2)
-    plot_gradcam_grid(*args, tmp_path / "both.png", per_class=2, attention=attention)
+    plot_heatmap_grid(*args, tmp_path / "plain.png", per_class=2)
+    plot_heatmap_grid(*args, tmp_path / "both.png", per_class=2, attention=attention)
     assert Image.open(tmp_path / "both.png").width > 1.5 * Image.open(tmp_path / "plain.png").width
 
 
