@@ -1,4 +1,4 @@
-"""Stage 01 model: the baseline CNN of ../shared/seeds/004 (notebook 02, version 1).
+"""Stage 01 model: the baseline CNN of the source notebooks (version 1).
 
 Two 5x5 convolutions, each followed by ReLU and 2x2 max-pooling, learn local detectors
 (edges, then parts such as an eyebrow or a mouth corner); two fully connected layers with

@@ -1,4 +1,4 @@
-"""Stage 02 model: the deeper CNN of ../shared/seeds/004 (notebook 03, versions 2-3).
+"""Stage 02 model: the deeper CNN of the source notebooks (versions 2-3).
 
 Four convolution blocks widen 32 -> 64 -> 128 -> 256 channels while max-pooling halves the
 image each time, so later filters see larger parts of the face. BatchNorm after every

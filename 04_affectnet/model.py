@@ -1,7 +1,7 @@
 """Stage 04 model: a deeper CNN for 96x96 colour faces and 8 AffectNet classes.
 
-The 8-conv net of ../shared/seeds/003 (widths 32-64-64-128-256-256-512, BatchNorm after every
-convolution), finished like the 3-block net of ../shared/seeds/000: global average pooling and a
+The seven-conv net of the AffectNet write-up (widths 32-64-64-128-256-256-512, BatchNorm after every
+convolution), finished like the 3-block net of the first AffectNet write-up: global average pooling and a
 small head. Global average pooling makes the head independent of the input size (one number per
 feature map), so the same model takes 96x96 AffectNet or 48x48 FER2013 faces. To stay trainable
 on 2 CPU cores, the resolution halves early: most convolutions run at 24x24 or smaller.

@@ -2,6 +2,7 @@
 
     python 05_deploy/export.py --checkpoint runs/01_baseline/<run>/best.pt               # -> <run>/best.onnx
     python 05_deploy/export.py --checkpoint runs/03_attention/<run>/best.pt --out fer.onnx
+    python 05_deploy/export.py --checkpoint weights/03_attention-fer2013.pt  # -> runs/shipped/03_attention-fer2013/
 
 The file has a dynamic batch axis (input "images" (N, C, H, W) float, output "logits" (N, K)) and
 carries in its metadata everything a runtime needs to use it: `stage`, `class_names` (JSON list)
@@ -25,7 +26,7 @@ import warnings
 
 import torch
 
-from common.checkpoint import atomic_write, load_checkpoint
+from common.checkpoint import atomic_write, default_output_dir, load_checkpoint
 from common.data import eval_transform
 from common.runtime import UserError, import_sibling
 
@@ -36,8 +37,10 @@ TOLERANCE = 1e-4  # largest |onnxruntime - pytorch| logit difference accepted
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of any stage's run folder")
-    parser.add_argument("--out", help="ONNX file to write (default: the checkpoint's path with .onnx)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="best.pt or last.pt of any stage's run folder, or a file in weights/")
+    parser.add_argument("--out", help="ONNX file to write (default: the checkpoint's path with .onnx; "
+                                      "runs/shipped/<name>/<name>.onnx for a file in weights/)")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="dynamo: torch.export-based, needs onnxscript; torchscript: the deprecated one")
     parser.add_argument("--check-batch", type=int, default=8, help="images in the parity check")
@@ -97,7 +100,7 @@ def main(argv=None):
     args = get_args(argv)
     checkpoint = load_checkpoint(args.checkpoint)  # on the CPU, whatever device trained it
     model = faces.model_from_checkpoint(checkpoint, args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    out = Path(args.out) if args.out else default_output_dir(args.checkpoint, Path(args.checkpoint).stem + ".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     pre = checkpoint["preprocessing"]
     example = torch.zeros(2, pre["channels"], pre["size"], pre["size"])  # batch 2: 1 could be baked in as fixed

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `i
 import numpy as np
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import best_shipped_model, load_checkpoint
 from common.data import preprocess_face
 from common.runtime import REPO_ROOT, UserError, import_sibling
 
@@ -38,6 +38,18 @@ def require(module, package):
 
 
 # ---------------------------------------------------------------- the classifier
+
+def choose_model(path):
+    """--model as given, or else the most accurate model in weights/, saying which."""
+    if path:
+        return path
+    path, entry = best_shipped_model()
+    if path is None:
+        raise UserError("no --model given and no shipped weights in weights/; pass a run's best.pt or a .onnx")
+    print(f"model: {path.relative_to(REPO_ROOT)} (the most accurate shipped model: {entry['stage']}, "
+          f"{100 * entry['test_accuracy']:.1f}% on FER2013 PrivateTest); pass --model to use another")
+    return path
+
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):
     """Rebuild the model of the stage that trained `checkpoint` (on the CPU, in eval mode)."""

@@ -33,7 +33,8 @@ MIN_ANNOTATED_SIDE = 360  # small images (a 48x48 crop) are enlarged for the ann
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="a run's best.pt (any stage) or a .onnx from export.py")
+    parser.add_argument("--model", help="a run's best.pt (any stage) or a .onnx from export.py "
+                                        "(default: the most accurate file in weights/)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", help="folder for the results (default: runs/05_deploy/predict-<timestamp>)")
     parser.add_argument("--no-detect", action="store_true", help="each image is already one cropped face")
@@ -108,6 +109,7 @@ def write_csv(path, rows, class_names):
 
 def main(argv=None):
     args = get_args(argv)
+    args.model = faces.choose_model(args.model)
     classifier = faces.Classifier(args.model)
     cv2 = faces.require("cv2", "opencv-python-headless<5")
     detector = None if args.no_detect else faces.FaceDetector(min_neighbors=args.min_neighbors, min_fraction=args.min_face)

@@ -32,7 +32,8 @@ NO_WINDOW = ("this OpenCV build cannot open windows (opencv-python-headless has 
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="a run's best.pt (any stage) or a .onnx from export.py")
+    parser.add_argument("--model", help="a run's best.pt (any stage) or a .onnx from export.py "
+                                        "(default: the most accurate file in weights/)")
     parser.add_argument("--camera", type=int, default=0, help="camera index (0 is the built-in one)")
     parser.add_argument("--video", help="read this video file instead of a camera")
     parser.add_argument("--output", help="also write the annotated frames to this video (.mp4 or .avi)")
@@ -123,6 +124,7 @@ def main(argv=None):
     args = get_args(argv)
     if not 0 < args.smoothing <= 1:
         raise UserError(f"--smoothing {args.smoothing}: must be in (0, 1]; 1 turns smoothing off")
+    args.model = faces.choose_model(args.model)
     classifier = faces.Classifier(args.model)
     cv2 = faces.require("cv2", "opencv-python-headless<5")
     detector = faces.FaceDetector(min_neighbors=args.min_neighbors, min_fraction=args.min_face)

@@ -5,16 +5,22 @@ that `torch.load(weights_only=True)` opens it: that mode refuses arbitrary pickl
 which is what makes loading a checkpoint from someone else safe.
 """
 import csv
+import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.runtime import UserError
+from common.runtime import REPO_ROOT, RUNS_DIR, UserError
+
+WEIGHTS_DIR = REPO_ROOT / "weights"  # the trained models that ship with the course
+MANIFEST = WEIGHTS_DIR / "manifest.json"  # per file: stage, SHA-256, PrivateTest numbers, how it was made
+INFERENCE_KEYS = ("stage", "model", "class_names", "preprocessing", "config")  # all that a shipped file keeps
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -50,10 +56,82 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass the best.pt or last.pt of a run folder")
+    warn_if_altered(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged or foreign file
         raise UserError(f"{path}: not a readable checkpoint of this course ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+# ---------------------------------------------------------------- shipped weights
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest():
+    """The shipped files as a list of dicts (empty when weights/ has none)."""
+    if not MANIFEST.is_file():
+        return []
+    return json.loads(MANIFEST.read_text())["files"]
+
+
+def warn_if_altered(path):
+    """A shipped file whose bytes differ from the recorded SHA-256 still loads (if it can), with a warning:
+    its numbers in the README no longer describe it."""
+    path = Path(path).resolve()
+    if path.parent != WEIGHTS_DIR:
+        return
+    for entry in read_manifest():
+        if entry["file"] == path.name and sha256(path) != entry["sha256"]:
+            print(f"warning: {path}: SHA-256 differs from weights/manifest.json; this is not the shipped file, "
+                  f"and the README's numbers do not describe it", file=sys.stderr)
+
+
+def best_shipped_model(classes=None):
+    """The shipped file with the highest PrivateTest accuracy (optionally among those with these classes)."""
+    entries = [e for e in read_manifest() if (WEIGHTS_DIR / e["file"]).is_file()
+               and (classes is None or e["class_names"] == classes)]
+    if not entries:
+        return None, None
+    best = max(entries, key=lambda e: e["test_accuracy"])
+    return WEIGHTS_DIR / best["file"], best
+
+
+def default_output_dir(checkpoint_path, name):
+    """Where eval/export write by default: beside a run's checkpoint, or under runs/shipped/ for a shipped file
+    (weights/ holds only what ships)."""
+    checkpoint_path = Path(checkpoint_path).resolve()
+    if checkpoint_path.parent == WEIGHTS_DIR:
+        return RUNS_DIR / "shipped" / checkpoint_path.stem / name
+    return checkpoint_path.parent / name
+
+
+def inference_only(checkpoint, half=False):
+    """A training checkpoint reduced to what inference needs: no optimizer, scheduler, RNG or history.
+    half=True stores the weights as float16 (half the size); load_state_dict casts them back to float32."""
+    slim = {key: checkpoint[key] for key in INFERENCE_KEYS}
+    if "model_kwargs" in checkpoint:  # how to rebuild the model (04_affectnet: --grayscale)
+        slim["model_kwargs"] = checkpoint["model_kwargs"]
+    if half:
+        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["model"].items()}
+    config = dict(checkpoint["config"])
+    for key in ("data", "out", "resume"):  # absolute paths of the machine that trained it mean nothing elsewhere
+        if config.get(key) and Path(config[key]).is_absolute():
+            config[key] = _repo_relative(config[key])
+    slim["config"] = config
+    return slim
+
+
+def _repo_relative(path):
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return Path(path).name
 
 
 def get_rng_states():

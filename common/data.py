@@ -35,6 +35,7 @@ from common.classes import FER2013_CLASSES, PREPROCESSING, SPLITS
 from common.runtime import CACHE_DIR, DATA_DIR, UserError
 
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+SPLIT_TO_USAGE = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
 FER_PIXELS = 48 * 48
 CACHE_VERSION = 1  # bump when a reader's output changes, so old caches are ignored
 
@@ -51,6 +52,11 @@ class FaceData:
     source: str = ""
 
     def split(self, name):
+        if name not in self.splits and self.class_names == list(FER2013_CLASSES):
+            usage = SPLIT_TO_USAGE[name]  # FER2013 names its splits by the Usage column
+            raise DataError(f"{self.source}: has no {usage} rows, so no '{name}' split; use the complete "
+                            f"fer2013.csv (Training, PublicTest and PrivateTest rows; see README), "
+                            f"or pick another --split")
         if name not in self.splits:
             have = ", ".join(self.splits) or "none"
             raise DataError(f"{self.source}: has no '{name}' split (it has: {have}); "

@@ -1,6 +1,7 @@
 """02_deeper: the model, augmentation, class imbalance options, a run that learns, eval, resume."""
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -100,7 +101,9 @@ def test_short_run_learns_and_writes_the_run_folder(trained_run):
         assert (out / name).is_file(), name
     assert [row["epoch"] for row in read_metrics_csv(out / "metrics.csv")] == list(range(1, 5))
     last = load_checkpoint(out / "last.pt")
-    assert last["scheduler"]["patience"] == 3 and last["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+    assert last["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]  # from lr towards 0 over 4 epochs
+    assert [row["lr"] for row in history] == pytest.approx(cosine)
 
 
 def test_eval_reports_and_refuses_attention_maps(trained_run, capsys):

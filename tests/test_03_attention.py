@@ -62,7 +62,7 @@ def test_overfits_one_small_batch(small_faces):
 
 def test_augment_flag_chooses_the_transform(small_faces):
     train = load_stage_module(STAGE, "train")
-    light = train.build_train_transform(small_faces.preprocessing, "flip-rotate")
+    light = train.build_train_transform(small_faces.preprocessing, "light")
     rich = train.build_train_transform(small_faces.preprocessing, "v3")
     names = lambda t: [type(step).__name__ for step in t.transforms]  # noqa: E731
     assert names(light)[:2] == ["RandomHorizontalFlip", "RandomRotation"]
@@ -86,7 +86,7 @@ def test_short_run_learns_and_writes_the_run_folder(trained_run):
     for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "curves.png"):
         assert (out / name).is_file(), name
     assert [row["epoch"] for row in read_metrics_csv(out / "metrics.csv")] == list(range(1, 5))
-    assert load_checkpoint(out / "last.pt")["config"]["augment"] == "flip-rotate"
+    assert load_checkpoint(out / "last.pt")["config"]["augment"] == "light"
 
 
 def test_eval_writes_the_attention_grid(trained_run, capsys):

@@ -1,4 +1,4 @@
-"""The rules that keep stages readable side by side (../shared/STYLE.md): identical eval.py,
+"""The rules that keep stages readable side by side (the house style): identical eval.py,
 identical shared flag block, small train.py diffs, README headings, --help listing the flags."""
 import difflib
 import re
