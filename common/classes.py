@@ -16,7 +16,7 @@ AFFECTNET_CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "neutral",
 
 # How images are fed to a network trained on each kind of data. A checkpoint stores the spec it
 # was trained with, so evaluation and the deploy tools preprocess exactly as training did.
-# FER2013 mean/std: 131.0 +- 64.3 on a 0-255 scale (../shared/seeds/004 data exploration).
+# FER2013 mean/std: 131.0 +- 64.3 on a 0-255 scale (the data-exploration notebook of the source write-ups).
 PREPROCESSING = {
     "fer2013": {"size": 48, "channels": 1, "mean": [131.0 / 255], "std": [64.3 / 255]},
     # ImageNet statistics are the usual choice for colour faces trained from scratch too.

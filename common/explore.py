@@ -4,7 +4,7 @@
     python -m common.explore --data data/fer2013.csv --out runs/explore/fer2013
     python -m common.explore --data data/affectnet      # any layout load_data reads, or builtin-affectnet
 
-The first notebook of ../shared/seeds/004 did this for FER2013 and found a 16.6:1 imbalance
+The data-exploration notebook of the source write-ups did this for FER2013 and found a 16.6:1 imbalance
 (happy against disgust), 1,236 duplicate images and a pixel mean of 131.0 +- 64.3. Those three
 facts shape everything after: macro-F1 beside accuracy, a test split that must not share images
 with train, and the normalisation constants in common/classes.py.

@@ -21,7 +21,7 @@ cv2 = pytest.importorskip("cv2")
 from PIL import Image  # noqa: E402
 
 from common.builtin_faces import make_builtin_dataset  # noqa: E402
-from common.checkpoint import save_checkpoint  # noqa: E402
+from common.checkpoint import best_shipped_model, save_checkpoint  # noqa: E402
 from common.classes import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING  # noqa: E402
 from common.data import ImageDataset, eval_transform, load_data  # noqa: E402
 from common.runtime import UserError, import_sibling  # noqa: E402
@@ -163,6 +163,27 @@ def test_predict_with_a_missing_model_says_so_in_one_line(run, astronaut, tmp_pa
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pt'}: model not found; "
                                                   "pass a run's best.pt or a .onnx from 05_deploy/export.py"]
+
+
+def test_predict_without_model_uses_the_most_accurate_shipped_file_and_says_which(run, astronaut, tmp_path):
+    path, entry = best_shipped_model()
+    if path is None:
+        pytest.skip("no shipped weights in weights/")
+    result = run(DEPLOY / "predict.py", astronaut, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(f"model: weights/{path.name} (the most accurate shipped model")
+    report = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert report["model"] == str(path) and len(report["images"][0]["faces"]) == 1
+
+
+def test_export_takes_a_shipped_file_and_writes_outside_weights(tmp_path):
+    path, entry = best_shipped_model()
+    if path is None:
+        pytest.skip("no shipped weights in weights/")
+    out = tmp_path / "shipped.onnx"
+    deploy("export").main(["--checkpoint", str(path), "--out", str(out)])  # parity is checked inside
+    classifier = deploy("faces").Classifier(out)
+    assert classifier.stage == entry["stage"] and classifier.class_names == entry["class_names"]
 
 
 @pytest.mark.parametrize("kind", ["fer2013", "affectnet"])
