@@ -1,12 +1,12 @@
 """Evaluate a checkpoint of this stage: accuracy, macro-F1, per-class table, confusion matrix.
 
-    python 03_attention/eval.py --checkpoint runs/03_attention/<run>/best.pt            # test split
-    python 03_attention/eval.py --checkpoint runs/03_attention/<run>/best.pt --split val
-    python 03_attention/eval.py --checkpoint runs/03_attention/<run>/best.pt --attention --gradcam
+    python 07_fast/eval.py --checkpoint runs/07_fast/<run>/best.pt            # test split
+    python 07_fast/eval.py --checkpoint runs/07_fast/<run>/best.pt --split val
+    python 07_fast/eval.py --checkpoint runs/07_fast/<run>/best.pt --attention --gradcam
 
 Writes report.json, confusion.png (counts), confusion_normalized.png, mistakes.png (the most
 confident mistakes), reliability.png (calibration), with --gradcam gradcam.png,
-with --attention attention.png (03_attention).
+with --attention attention.png (the CBAM maps of 03_attention's network).
 
 `evaluate()` is also what train.py calls every epoch, so validation during training and the
 final test are the same code. This file is identical in every stage except this docstring.

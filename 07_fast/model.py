@@ -1,4 +1,5 @@
-"""Stage 03 model: the CBAM attention CNN of ../shared/seeds/004 (notebook 04).
+"""Stage 07 model: 03_attention's CBAM attention CNN, unchanged. This stage changes how the
+network is trained (faster, on more processes), not what it is, so results compare one to one.
 
 Three stages of [conv, conv, max-pool, CBAM] widen 32 -> 64 -> 128 channels. CBAM, the
 Convolutional Block Attention Module (Woo et al., 2018), re-weights a stage's features twice:
