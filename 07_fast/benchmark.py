@@ -3,6 +3,7 @@
     python 07_fast/benchmark.py                              # built-in faces, torch's default thread count
     python 07_fast/benchmark.py --data data/fer2013.csv      # FER2013, as in the README's table
     python 07_fast/benchmark.py --threads 1                  # one thread per stage (as one of two torchrun processes)
+    python 07_fast/benchmark.py --amp bf16 --compile         # 07_fast with bf16 autocast and torch.compile
 
 Each stage runs with its own defaults (loader workers, augmentation, precision, memory layout) and
 its own train_one_epoch and evaluate, in a process of its own, so that peak memory is its own:
@@ -55,19 +56,34 @@ def get_args(argv=None):
     parser.add_argument("--eval-images", type=int, default=2000, help="at most this many validation images")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per stage (0: torch's default)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="07_fast's --amp")
+    parser.add_argument("--compile", action="store_true", help="07_fast with torch.compile (compiles during warm-up)")
     parser.add_argument("--measure", choices=STAGES, help=argparse.SUPPRESS)  # internal: one stage, print JSON
     return parser.parse_args(argv)
 
 
-def images_per_second(fn, n_images, device):
-    """Run fn() once and time it; waits for the GPU, whose work is otherwise still queued."""
+def images_per_second(run, batches, device):
+    """Time run(batches), counting the images that went through; waits for the GPU's queued work."""
+    seen = 0
+
+    def counted():
+        nonlocal seen
+        for images, labels in batches:
+            seen += len(labels)
+            yield images, labels
+
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    fn()
+    run(counted())
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n_images / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start)
+
+
+def take(loader, n):
+    """n batches of a loader, starting it over as often as needed (a small data set has few batches)."""
+    return itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), n)
 
 
 def peak_rss_mb():
@@ -113,13 +129,15 @@ def measure(stage, args):
     if stage == "07_fast":  # the techniques of this stage, as its train.py applies them
         model = model.to(memory_format=torch.channels_last)
         augment = train.build_train_transform(data.preprocessing, stage_args.augment).to(device)
-        amp_dtype = pick_amp_dtype(device, stage_args.amp)
+        amp_dtype = pick_amp_dtype(device, args.amp)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         precision = f"{str(amp_dtype or torch.float32).removeprefix('torch.')}, channels_last"
+        precision += ", compiled" if args.compile else ""
         autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        step_model = torch.compile(model) if args.compile else model
 
         def loop(batches, augment=augment):
-            train.train_one_epoch(model, batches, criterion, optimizer, device, None, augment, amp_dtype, scaler)
+            train.train_one_epoch(step_model, batches, criterion, optimizer, device, None, augment, amp_dtype, scaler)
 
         def bare(batches):  # the same loop, fed a batch that needs no augmentation
             loop(batches, augment=nn.Identity())
@@ -144,19 +162,17 @@ def measure(stage, args):
             feed(images)
 
     fixed = [(prepared, first_labels)]
-    batch = len(first_labels)
     result = {"stage": stage, "device": str(device), "threads": torch.get_num_threads(),
               "interop_threads": torch.get_num_interop_threads(), "workers": stage_args.num_workers,
               "precision": precision, "train_images": len(train_loader.dataset), "val_images": len(val_loader.dataset)}
     bare(fixed * args.warmup)
-    result["bare"] = images_per_second(lambda: bare(fixed * args.steps), batch * args.steps, device)
-    loop(itertools.islice(train_loader, args.warmup))
-    result["loop"] = images_per_second(lambda: loop(itertools.islice(train_loader, args.steps)), batch * args.steps, device)
-    pipeline(itertools.islice(train_loader, args.warmup))
-    result["ceiling"] = images_per_second(lambda: pipeline(itertools.islice(train_loader, args.pipeline_batches)),
-                                          batch * args.pipeline_batches, device)
+    result["bare"] = images_per_second(bare, fixed * args.steps, device)
+    loop(take(train_loader, args.warmup))
+    result["loop"] = images_per_second(loop, take(train_loader, args.steps), device)
+    pipeline(take(train_loader, args.warmup))
+    result["ceiling"] = images_per_second(pipeline, take(train_loader, args.pipeline_batches), device)
     with autocast:
-        result["eval"] = images_per_second(lambda: evaluate(model, val_loader, device), len(val_loader.dataset), device)
+        result["eval"] = images_per_second(lambda b: evaluate(model, b, device), val_loader, device)
     result["worker_rss_mb"] = workers_peak_rss_mb()  # while the persistent workers still live
     result["rss_mb"] = peak_rss_mb()
     return result

@@ -154,22 +154,33 @@ def test_eval_reads_the_checkpoint(trained_run, capsys):
     assert "macro-F1" in capsys.readouterr().out and 0 <= report["accuracy"] <= 1
 
 
-def test_resume_continues_exactly_where_a_run_stopped(trained_run, small_csv, tmp_path):
+def test_resume_continues_exactly_where_a_run_stopped(trained_run, small_csv, tmp_path, monkeypatch):
     _, straight = trained_run
     train = load_stage_module(STAGE, "train")
-    train.main(["--data", str(small_csv), "--epochs", "1", "--out", str(tmp_path)])
-    resumed = train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "2"])
+    calls, real_epoch = [], train.train_one_epoch
+
+    def stopped_in_epoch_2(*args):  # as if Ctrl-C came during the second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "train_one_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--data", str(small_csv), "--epochs", "2", "--out", str(tmp_path)])
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    resumed = train.main(["--resume", str(tmp_path / "last.pt")])
     assert [r["epoch"] for r in resumed] == [1, 2]
     assert resumed[-1]["val_loss"] == pytest.approx(straight[-1]["val_loss"], abs=1e-5)
     assert resumed[-1]["train_loss"] == pytest.approx(straight[-1]["train_loss"], abs=1e-5)
 
 
-def test_the_bf16_autocast_path_trains(small_csv, tmp_path, capsys):
-    history = load_stage_module(STAGE, "train").main(["--data", str(small_csv), "--epochs", "1", "--amp", "bf16",
-                                                      "--out", str(tmp_path)])
+def test_the_bf16_autocast_path_trains(fer_csv, tmp_path, capsys):
+    history = load_stage_module(STAGE, "train").main(["--data", str(fer_csv), "--epochs", "1", "--amp", "bf16",
+                                                      "--out", str(tmp_path / "run")])
     assert "1 process(es), bfloat16" in capsys.readouterr().out
     assert math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["val_loss"])
-    assert load_checkpoint(tmp_path / "last.pt")["model"]["classifier.5.weight"].dtype == torch.float32  # weights stay fp32
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["model"]["classifier.5.weight"].dtype == torch.float32  # fp32 weights
 
 
 @pytest.mark.skipif(not os.environ.get("FER_SLOW_TESTS"),
@@ -191,29 +202,30 @@ def test_torchrun_two_processes_train_resume_and_match_one_process(run, trained_
     process normalises its BatchNorm over its own 32 images and draws its own augmentations."""
     _, single = trained_run
     out = tmp_path / "ddp"
-    first = torchrun(run, "--data", small_csv, "--epochs", "1", "--out", out)
+    first = torchrun(run, "--data", small_csv, "--epochs", "2", "--out", out)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = torchrun(run, "--resume", out / "last.pt", "--epochs", "2")
+    second = torchrun(run, "--resume", out / "last.pt", "--epochs", "3")  # one epoch more
     assert second.returncode == 0, second.stderr[-3000:]
     for result in (first, second):  # one log: the second process prints nothing
         lines = result.stdout.splitlines()
         assert sum(line.startswith("args:") for line in lines) == 1
         assert lines[1].startswith(f"stage {STAGE} | device cpu | 2 process(es), float32 | 327,629 parameters")
-        assert LOG_LINE.match(lines[2]), lines[2]
+    assert LOG_LINE.match(first.stdout.splitlines()[2]) and LOG_LINE.match(first.stdout.splitlines()[3])
+    assert second.stdout.splitlines()[2].startswith("Epoch 3/3 | ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run folder
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.csv"]
     rows = read_metrics_csv(out / "metrics.csv")
-    assert [row["epoch"] for row in rows] == [1, 2]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
     checkpoint = load_checkpoint(out / "last.pt")
     assert len(checkpoint["rng"]) == 2 and not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
-    for ddp, one in zip(rows, single):
+    for ddp, one in zip(rows[:2], single):
         assert ddp["lr"] == pytest.approx(one["lr"])
         assert ddp["train_loss"] == pytest.approx(one["train_loss"], abs=0.08)
         assert ddp["val_loss"] == pytest.approx(one["val_loss"], abs=0.05)
 
 
-def test_benchmark_prints_both_stages(run, small_csv):
-    result = run(f"{STAGE}/benchmark.py", "--data", small_csv, "--steps", "2", "--warmup", "1", "--pipeline-batches", "4")
+def test_benchmark_prints_both_stages(run, fer_csv):
+    result = run(f"{STAGE}/benchmark.py", "--data", fer_csv, "--steps", "2", "--warmup", "1", "--pipeline-batches", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "torch threads" in out and "device cpu" in out
