@@ -174,7 +174,8 @@ def main(argv=None):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty when the stopped run did not use fp16
+            scaler.load_state_dict(checkpoint["scaler"])
         history, best_f1, bad_epochs = checkpoint["history"], checkpoint["best_f1"], checkpoint["bad_epochs"]
         start_epoch = checkpoint["epoch"] + 1
         if len(checkpoint["rng"]) == world_size:  # one entry per process; with another count, this run's fresh seeds
