@@ -2,19 +2,22 @@
 flips, affine moves, lighting changes and erased patches, written in plain torch.
 
 torchvision's transforms change one image at a time, in DataLoader worker processes on the CPU:
-about a thousand faces a second per core with 02's set, fewer than a GPU trains on. Here every
-step is one tensor operation over the batch (B, C, H, W), so it runs wherever the batch is (a
-GPU does it in well under a millisecond), and each image still draws its own random parameters:
+fast enough to feed a model that trains on the CPU, too slow to feed one on a GPU, which trains
+many times faster (benchmark.py measures both sides). Here every step is one tensor operation
+over the batch (B, C, H, W), so it runs wherever the batch is, on the GPU with the model, and each
+image still draws its own random parameters:
 
     flip      mirrored left-right with probability `flip`
     affine    rotated by up to +-`degrees`, shifted by up to `translate` of the side, scaled by
               1 +- `scale`, sheared by up to +-`shear` degrees: one matrix per image, applied with
               affine_grid/grid_sample (bilinear, black outside the picture, as torchvision fills)
     light     brightness times 1 +- `brightness`, then contrast around the image's mean gray
-              times 1 +- `contrast`, clipped to [0, 1] (torchvision's ColorJitter formulas)
+              times 1 +- `contrast`, clipped to [0, 1] (torchvision's ColorJitter formulas; ColorJitter
+              also shuffles the two per image, here brightness always comes first)
     normalise the dataset's mean and std, exactly as the evaluation transform
     erase     with probability `erase`, a rectangle of 2-33% of the image (aspect 0.3-3.3) set to 0,
-              the mean after normalisation (torchvision's RandomErasing)
+              the mean after normalisation (torchvision's RandomErasing, which redraws a rectangle
+              that does not fit; here its sides are cut to the image)
 
 Every strength set to 0 gives the evaluation transform (tests check it), so `BatchAugment` with
 zeros is a fast, batched eval_transform.
