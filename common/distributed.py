@@ -1,0 +1,90 @@
+"""Data-parallel plumbing for `torchrun`: joining the process group, sharing numbers between processes.
+
+torchrun starts one copy of a training script per GPU (or per CPU share) and tells each its place
+in environment variables: RANK (0 .. WORLD_SIZE-1 over all machines), WORLD_SIZE, LOCAL_RANK (its
+number on this machine, which picks its GPU), MASTER_ADDR and MASTER_PORT (where rank 0 listens).
+Each process trains on its own share of every batch; DistributedDataParallel averages the
+gradients, so all copies take the same step and hold the same weights.
+
+Started without torchrun, every function here does the single-process thing (rank 0 of 1).
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+def init_distributed(device):
+    """Join torchrun's process group and return (rank, world_size, this process's device).
+
+    The backend is NCCL between GPUs and gloo between CPU processes. Processes other than rank 0
+    print nothing (their stdout goes to /dev/null): one log, written by the process that also
+    writes the run folder. Errors still reach stderr from every process.
+    """
+    if "RANK" not in os.environ:  # started as `python train.py`
+        return 0, 1, device
+    rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        sys.exit(f"error: torchrun training runs on CUDA GPUs or the CPU, not on {device.type}; use --device cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")
+    return rank, world_size, device
+
+
+def close_distributed():
+    """Leave the process group (a no-op without torchrun)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every process (anything picklable); `obj` itself without torchrun."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj):
+    """A list with every process's `obj`, in rank order; [obj] without torchrun."""
+    if not dist.is_initialized():
+        return [obj]
+    boxes = [None] * dist.get_world_size()
+    dist.all_gather_object(boxes, obj)
+    return boxes
+
+
+def sum_over_processes(values):
+    """Add a list of numbers across all processes (e.g. loss sums and image counts of each share)."""
+    if not dist.is_initialized():
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)  # sum by default
+    return total.tolist()
+
+
+class WeightedDistributedSampler(DistributedSampler):
+    """DistributedSampler that draws indices with replacement in proportion to `weights`.
+
+    torch's WeightedRandomSampler has no notion of processes. Here every process makes the same
+    draw (same seed + epoch) and keeps every world_size-th index from its rank on, as
+    DistributedSampler does with its shuffle; `set_epoch` changes the draw each epoch.
+    """
+
+    def __init__(self, weights, num_replicas=1, rank=0, seed=0):
+        super().__init__(range(len(weights)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        indices = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(indices[self.rank:self.total_size:self.num_replicas].tolist())
