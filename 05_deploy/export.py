@@ -29,7 +29,7 @@ import warnings
 
 import torch
 
-from common.checkpoint import WriteError, atomic_write, load_checkpoint
+from common.checkpoint import WriteError, load_checkpoint
 from common.data import eval_transform
 from common.guard import output_file, positive_int
 from common.runtime import UserError, import_sibling
@@ -80,7 +80,10 @@ def add_metadata(path, checkpoint):
     model.doc_string = (f"{checkpoint['stage']} facial-expression classifier: input 'images' (N, C, H, W) float, "
                         f"preprocessed as in metadata 'preprocessing'; output 'logits' (N, K), K = class_names")
     onnx.checker.check_model(model)
-    atomic_write(path, lambda f: f.write(model.SerializeToString()))
+    with open(path, "wb") as f:  # the temporary file; main() puts it in place once the parity check passed
+        f.write(model.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the target
 
 
 def check_parity(model, path, preprocessing, batch_size):
@@ -124,6 +127,7 @@ def export_checked(model, checkpoint, args, tmp, out):
     try:
         sys.stdout, saved = stdout, sys.stdout
         export_onnx(model, example, tmp, args.exporter)
+        add_metadata(tmp, checkpoint)
     except UserError:
         raise
     except OSError as e:  # a full disk or a folder that cannot be written
@@ -133,7 +137,6 @@ def export_checked(model, checkpoint, args, tmp, out):
         raise UserError(f"{args.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     finally:
         sys.stdout = saved
-    add_metadata(tmp, checkpoint)
     diff = check_parity(model, tmp, pre, args.check_batch)
     print(f"exported {checkpoint['stage']} ({len(checkpoint['class_names'])} classes, input "
           f"N x {pre['channels']} x {pre['size']} x {pre['size']}) with the {args.exporter} exporter")

@@ -70,12 +70,15 @@ def load_checkpoint(path):
         raise UserError(f"{path}: checkpoint not found; pass the best.pt or last.pt of a run folder")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only refused a global: the file would import and run code
-        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
-        raise UserError(f"{path}: refused: loading it would import {refused.group(1) if refused else 'Python code'}, "
-                        f"which no checkpoint of this course contains; use a best.pt or last.pt written by train.py") from None
     except Exception as e:  # torch raises several types for a damaged or foreign file
-        raise UserError(f"{path}: not a readable checkpoint of this course ({type(e).__name__}: {e})".splitlines()[0]) from None
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if refused:  # weights_only refused it: unpickling would import (and could run) that Python object
+            raise UserError(f"{path}: refused: loading it would import {refused.group(1)}, which no checkpoint of this "
+                            f"course contains; use a best.pt or last.pt written by train.py") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))  # past torch's advice to unpickle anyway
+        reason = reason.group(1) if reason else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a readable checkpoint of this course ({reason}); is it a damaged or "
+                        f"unfinished copy? Use the best.pt or last.pt of a run folder") from None
     if isinstance(checkpoint, dict) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
         raise UserError(f"{path}: holds bare model weights (a state_dict), not a checkpoint of this course; "
                         f"use the best.pt or last.pt that a stage's train.py writes")

@@ -73,7 +73,7 @@ def _check_writable(path, is_dir):
     if path.exists() and path.is_dir() != is_dir:
         raise argparse.ArgumentTypeError(f"{path} is {'a file' if is_dir else 'a folder'}; "
                                          f"give {'a folder' if is_dir else 'a file name'}")
-    existing = path if path.exists() else path.parent
+    existing = path if is_dir and path.exists() else path.parent  # a file is written by creating one in its folder
     while not existing.exists():  # the folders that would be created: the first one that exists decides
         existing = existing.parent
     if not existing.is_dir():
@@ -114,12 +114,13 @@ def resume_run(args, parser, stage):
     if merged["epochs"] <= checkpoint["epoch"]:
         raise UserError(f"--epochs {merged['epochs']}: {path} has already trained {checkpoint['epoch']} epochs; "
                         f"pass a larger --epochs to continue it")
+    checkpoint["resumed_from"] = str(path)  # for the messages below; not saved again
     return checkpoint, argparse.Namespace(**merged)
 
 
 def check_same_classes(checkpoint, class_names):
     if checkpoint and list(checkpoint["class_names"]) != list(class_names):
-        raise UserError(f"{checkpoint['config']['resume']}: was trained on the classes {checkpoint['class_names']}, "
+        raise UserError(f"{checkpoint['resumed_from']}: was trained on the classes {checkpoint['class_names']}, "
                         f"but the data now has {class_names}; start a new run for these classes")
 
 
