@@ -123,7 +123,7 @@ def main(argv=None):
     checkpoint, args = resume_run(args, parser, STAGE)  # --resume: the run's last.pt and the recipe it started with
     out = claim_run_folder(args, STAGE)  # a new folder, or one that only --resume or --overwrite may reuse; locked
     args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
-    stop = StopSignal()  # Ctrl-C or SIGTERM: finish the step, save last.pt, print how to continue
+    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, print how to continue
     print("args:", json.dumps(vars(args)))
     seed_everything(args.seed)
     device = pick_device(args.device)

@@ -143,6 +143,7 @@ def claim_run_folder(args, stage):
     continuing = bool(args.resume) and Path(args.resume).resolve().parent == out.resolve()
     holds_run = [name for name in RUN_FILES if (out / name).exists()]
     if holds_run and not continuing and not args.overwrite:
+        release_run_folder(out)
         raise UserError(f"{out}: already holds a run ({', '.join(holds_run)}); continue it with --resume "
                         f"{out / 'last.pt'}, pick another --out, or pass --overwrite to replace it")
     stale = sorted(out.glob(".*.tmp"))
@@ -178,6 +179,11 @@ def _lock(folder, remove_if_unused):
     atexit.register(_unlock, lock, os.getpid(), remove_if_unused)
 
 
+def release_run_folder(folder):
+    """Remove this process's lock on `folder` (at the end of main(); atexit does it after any other exit)."""
+    _unlock(Path(folder) / ".lock", os.getpid(), remove_if_unused=False)
+
+
 def _unlock(lock, pid, remove_if_unused):
     if _pid_in(lock) == pid:
         lock.unlink(missing_ok=True)
@@ -210,8 +216,8 @@ class StopSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the training loop to stop after the current step; the loop
     saves last.pt and calls exit_if_requested(). A second Ctrl-C stops at once (last.pt keeps its last contents)."""
 
-    def __init__(self):
-        self.signum = None
+    def __init__(self, folder):
+        self.signum, self.folder = None, folder
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
 
@@ -234,6 +240,8 @@ class StopSignal:
         sys.exit(128 + self.signum)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 
     def close(self):
+        """The run is over: Python's usual Ctrl-C again, and the run folder unlocked."""
+        release_run_folder(self.folder)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
