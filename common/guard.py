@@ -218,8 +218,7 @@ class StopSignal:
 
     def __init__(self, folder):
         self.signum, self.folder = None, folder
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     @property
     def requested(self):
@@ -240,10 +239,10 @@ class StopSignal:
         sys.exit(128 + self.signum)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 
     def close(self):
-        """The run is over: Python's usual Ctrl-C again, and the run folder unlocked."""
+        """The run is over: the signal handlers from before it, and the run folder unlocked."""
         release_run_folder(self.folder)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class Diverged(UserError):
