@@ -24,11 +24,13 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common.checkpoint import get_rng_states, load_checkpoint, save_checkpoint, set_rng_states, write_json, write_metrics_csv
+from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, write_json, write_metrics_csv
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
+from common.guard import (StopSignal, check_same_classes, claim_run_folder, epoch_progress, non_negative_int, output_dir,
+                          positive_float, positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
 from common.plots import plot_curves
-from common.runtime import (UserError, count_parameters, default_run_dir, import_sibling, loader_generator, log_scalars,
-                            open_tensorboard, pick_device, seed_everything, seed_worker)
+from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
+                            pick_device, seed_everything, seed_worker)
 
 STAGE = Path(__file__).resolve().parent.name
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
@@ -40,14 +42,15 @@ def get_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", help="FER2013 CSV (.csv/.csv.gz) or image-folder tree; "
                                        "default: data/fer2013* if present, else the built-in faces")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per optimizer step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per optimizer step")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--out", help="run folder (default: runs/<stage>/<timestamp>)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<timestamp>)")
     parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else it is refused)")
     parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
                         help="ferplus: relabel a fer2013.csv with the FER+ votes of --ferplus (8 classes)")
     parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
@@ -55,7 +58,7 @@ def get_args(argv=None):
                         help="train on the majority vote, or on the vote distribution (soft targets)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     # stage-specific flags
-    parser.add_argument("--patience", type=int, default=5,
+    parser.add_argument("--patience", type=positive_int, default=5,
                         help="stop after this many epochs without a lower validation loss")
     return parser.parse_args(argv), parser
 
@@ -82,32 +85,34 @@ def build_loaders(args, data):
     return train_loader, val_loader
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, desc):
+def train_one_epoch(model, loader, criterion, optimizer, device, desc, progress, stop):
+    """One pass over the training set; `progress` (the step, running sums) is what last.pt keeps after a Ctrl-C."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty())  # a bar on terminals only
-    for images, labels in bar:
+    for step, (images, labels) in resume_steps(bar, progress, stop):  # stops early after a Ctrl-C
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         loss = criterion(logits, labels)
+        stop_if_diverged(loss, progress, step)  # NaN or inf: stop before the update spreads it into every weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(labels)
         targets = labels.argmax(dim=1) if labels.ndim == 2 else labels  # FER+ soft targets: (B, C) vote shares
-        correct += (logits.argmax(dim=1) == targets).sum().item()
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
-    return total_loss / seen, correct / seen
+        progress["step"] = step
+        progress["loss_sum"] += loss.item() * len(labels)
+        progress["correct"] += (logits.argmax(dim=1) == targets).sum().item()
+        progress["seen"] += len(labels)
+        bar.set_postfix(loss=f"{progress['loss_sum'] / progress['seen']:.3f}",
+                        acc=f"{100 * progress['correct'] / progress['seen']:.1f}%")
+    return progress["loss_sum"] / progress["seen"], progress["correct"] / progress["seen"]
 
 
 def main(argv=None):
     args, parser = get_args(argv)
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
-    if checkpoint:  # continue with the saved recipe; only these may change on the command line
-        given = {k: v for k, v in vars(args).items() if k in ("epochs", "device", "num_workers", "out")
-                 and v != parser.get_default(k)}
-        args = argparse.Namespace(**{**vars(args), **checkpoint["config"], "out": None, **given, "resume": args.resume})
+    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: the run's last.pt and the recipe it started with
+    out = claim_run_folder(args, STAGE)  # a new folder, or one that only --resume or --overwrite may reuse; locked
+    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
+    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, print how to continue
     print("args:", json.dumps(vars(args)))
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -118,15 +123,13 @@ def main(argv=None):
             print("note: no --data and no data/fer2013* found: training on the built-in drawn faces. "
                   "For real results put fer2013.csv from Kaggle in data/ (see README).")
     data = load_data(args.data, seed=args.seed, labels=args.labels, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode)
+    check_same_classes(checkpoint, data.class_names)
     train_loader, val_loader = build_loaders(args, data)
 
     model = model_lib.build_model(len(data.class_names), data.preprocessing["channels"]).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    out = Path(args.out) if args.out else (Path(args.resume).resolve().parent if args.resume else default_run_dir(STAGE))
-    out.mkdir(parents=True, exist_ok=True)
-    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
     args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     history, start_epoch, best_f1, best_loss, bad_epochs = [], 1, -1.0, float("inf"), 0
     if checkpoint:
@@ -145,27 +148,33 @@ def main(argv=None):
 
     for epoch in range(start_epoch, args.epochs + 1):
         start = time.time()
+        progress = epoch_progress(checkpoint, epoch, train_loader)  # a new epoch, or the rest of a stopped one
         train_loss, train_acc = train_one_epoch(model, train_loader, criterion, optimizer, device,
-                                                desc=f"Epoch {epoch}/{args.epochs}")
+                                                f"Epoch {epoch}/{args.epochs}", progress, stop)
         train_seconds = time.time() - start
-        val = eval_lib.evaluate(model, val_loader, device)
-        lr = optimizer.param_groups[0]["lr"]
-        seconds = time.time() - start
-        improved = val["macro_f1"] > best_f1
-        best_f1 = max(best_f1, val["macro_f1"])
-        bad_epochs = 0 if val["loss"] < best_loss else bad_epochs + 1  # early stopping watches val loss
-        best_loss = min(best_loss, val["loss"])
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                        "val_acc": val["accuracy"], "val_f1": val["macro_f1"], "lr": lr,
-                        "img_per_s": len(train_loader.dataset) / train_seconds, "seconds": seconds})
-        state = {"stage": STAGE, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
+        if not stopped:
+            val = eval_lib.evaluate(model, val_loader, device)
+            stop_if_diverged(val["loss"], progress)
+            lr = optimizer.param_groups[0]["lr"]
+            seconds = time.time() - start
+            improved = val["macro_f1"] > best_f1  # strictly better, so a tie keeps the earlier epoch
+            best_f1 = max(best_f1, val["macro_f1"])
+            bad_epochs = 0 if val["loss"] < best_loss else bad_epochs + 1  # early stopping watches val loss
+            best_loss = min(best_loss, val["loss"])
+            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+                            "val_acc": val["accuracy"], "val_f1": val["macro_f1"], "lr": lr,
+                            "img_per_s": len(train_loader.dataset) / train_seconds, "seconds": seconds})
+        state = {"stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "best_f1": best_f1, "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
+                 "progress": stopped_progress(progress) if stopped else None,
                  "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
                  "config": vars(args), "class_names": data.class_names, "preprocessing": data.preprocessing}
+        if not stopped and improved:  # chosen on validation macro-F1, never on test; saved first, so a kill
+            save_checkpoint(out / "best.pt", state)  # between the two saves cannot leave best.pt behind last.pt
         save_checkpoint(out / "last.pt", state)
-        if improved:  # the model we keep is chosen on validation macro-F1, never on test
-            save_checkpoint(out / "best.pt", state)
         write_metrics_csv(out / "metrics.csv", history)
+        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C or SIGTERM: saved, so stop here
         if writer:
             log_scalars(writer, history[-1])
         row = history[-1]
@@ -182,6 +191,7 @@ def main(argv=None):
         total = sum(r["seconds"] for r in history)
         print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% f1 {best['val_f1']:.3f} | "
               f"{len(history)} epochs, {total / len(history):.1f} s/epoch | {out / 'best.pt'}")
+    stop.close()
     return history
 
 

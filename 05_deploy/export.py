@@ -7,7 +7,9 @@
 The file has a dynamic batch axis (input "images" (N, C, H, W) float, output "logits" (N, K)) and
 carries in its metadata everything a runtime needs to use it: `stage`, `class_names` (JSON list)
 and `preprocessing` (JSON: size, channels, mean, std, applied to 0-1 pixels). After writing, the
-export runs a batch through PyTorch and onnxruntime and fails unless they agree to 1e-4.
+export runs a batch through PyTorch and onnxruntime and fails unless they agree to 1e-4. All of it
+happens in a temporary file beside the target, which replaces the target only once the check passed:
+a failed export (or a full disk) leaves a previous .onnx byte for byte as it was.
 
 What the export needs: torch 2.9+ exports through torch.export (the "dynamo" exporter, the
 default here), which needs the `onnxscript` package (it brings `onnx`); onnxruntime runs the
@@ -22,12 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `i
 import argparse
 import io
 import json
+import os
+import tempfile
 import warnings
 
 import torch
 
-from common.checkpoint import atomic_write, default_output_dir, load_checkpoint
+from common.checkpoint import WriteError, default_output_dir, load_checkpoint
 from common.data import eval_transform
+from common.guard import output_file, positive_int
 from common.runtime import UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
@@ -39,11 +44,11 @@ def get_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="best.pt or last.pt of any stage's run folder, or a file in weights/")
-    parser.add_argument("--out", help="ONNX file to write (default: the checkpoint's path with .onnx; "
-                                      "runs/shipped/<name>/<name>.onnx for a file in weights/)")
+    parser.add_argument("--out", type=output_file, help="ONNX file to write (default: the checkpoint's path with .onnx; "
+                                                        "runs/shipped/<name>/<name>.onnx for a file in weights/)")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="dynamo: torch.export-based, needs onnxscript; torchscript: the deprecated one")
-    parser.add_argument("--check-batch", type=int, default=8, help="images in the parity check")
+    parser.add_argument("--check-batch", type=positive_int, default=8, help="images in the parity check")
     return parser.parse_args(argv)
 
 
@@ -78,7 +83,10 @@ def add_metadata(path, checkpoint):
     model.doc_string = (f"{checkpoint['stage']} facial-expression classifier: input 'images' (N, C, H, W) float, "
                         f"preprocessed as in metadata 'preprocessing'; output 'logits' (N, K), K = class_names")
     onnx.checker.check_model(model)
-    atomic_write(path, lambda f: f.write(model.SerializeToString()))
+    with open(path, "wb") as f:  # the temporary file; main() puts it in place once the parity check passed
+        f.write(model.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the target
 
 
 def check_parity(model, path, preprocessing, batch_size):
@@ -98,34 +106,49 @@ def check_parity(model, path, preprocessing, batch_size):
 
 def main(argv=None):
     args = get_args(argv)
-    checkpoint = load_checkpoint(args.checkpoint)  # on the CPU, whatever device trained it
+    checkpoint = load_checkpoint(args.checkpoint)  # on the CPU; refuses bare weights and NaN weights
     model = faces.model_from_checkpoint(checkpoint, args.checkpoint)
     out = Path(args.out) if args.out else default_output_dir(args.checkpoint, Path(args.checkpoint).stem + ".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # replaced over `out` at the end
+    os.close(fd)
+    try:
+        diff = export_checked(model, checkpoint, args, Path(tmp), out)
+        os.replace(tmp, out)  # only now, after the parity check, does a previous .onnx go
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    return {"out": out, "max_abs_diff": diff, "size_bytes": out.stat().st_size}
+
+
+def export_checked(model, checkpoint, args, tmp, out):
+    """Export into `tmp`, add the metadata, and compare onnxruntime with PyTorch; the largest difference."""
     pre = checkpoint["preprocessing"]
     example = torch.zeros(2, pre["channels"], pre["size"], pre["size"])  # batch 2: 1 could be baked in as fixed
     stdout = io.StringIO()  # the exporter prints progress lines; keep them for a failure message only
     try:
         sys.stdout, saved = stdout, sys.stdout
-        export_onnx(model, example, out, args.exporter)
+        export_onnx(model, example, tmp, args.exporter)
+        add_metadata(tmp, checkpoint)
     except UserError:
         raise
+    except OSError as e:  # a full disk or a folder that cannot be written
+        raise WriteError(f"{out}: could not be written: {(e.strerror or str(e)).lower()}; "
+                         f"the previous file, if any, is unchanged") from None
     except Exception as e:
         raise UserError(f"{args.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     finally:
         sys.stdout = saved
-    add_metadata(out, checkpoint)
-    diff = check_parity(model, out, pre, args.check_batch)
-    size_mb = out.stat().st_size / 2**20
+    diff = check_parity(model, tmp, pre, args.check_batch)
     print(f"exported {checkpoint['stage']} ({len(checkpoint['class_names'])} classes, input "
           f"N x {pre['channels']} x {pre['size']} x {pre['size']}) with the {args.exporter} exporter")
     print(f"parity: max |onnxruntime - pytorch| = {diff:.1e} over {args.check_batch} images' logits "
           f"(tolerance {TOLERANCE:.0e})")
     if not diff < TOLERANCE:
         raise UserError(f"{out}: onnxruntime and PyTorch disagree by {diff:.1e} (more than {TOLERANCE:.0e}); "
-                        f"do not deploy this file")
-    print(f"wrote {out} ({size_mb:.1f} MB)")
-    return {"out": out, "max_abs_diff": diff, "size_bytes": out.stat().st_size}
+                        f"not written (a previous file is unchanged); do not deploy this model")
+    return diff
 
 
 if __name__ == "__main__":

@@ -115,9 +115,14 @@ class Classifier:
     def run(self, batch):
         """Preprocessed faces (N, C, H, W) float tensor -> probabilities (N, num_classes) NumPy."""
         if self.backend == "onnxruntime":
-            return softmax(self.session.run(None, {self.input_name: batch.numpy()})[0])
-        with torch.inference_mode():
-            return self.model(batch).softmax(dim=1).numpy()
+            probs = softmax(self.session.run(None, {self.input_name: batch.numpy()})[0])
+        else:
+            with torch.inference_mode():
+                probs = self.model(batch).softmax(dim=1).numpy()
+        if not np.isfinite(probs).all():  # NaN weights (an .onnx exported from a diverged run) give NaN answers
+            raise UserError(f"{self.path}: the model gives NaN probabilities (its weights are not finite); "
+                            f"retrain with a lower --lr and export again")
+        return probs
 
     def probabilities(self, faces_rgb):
         if not faces_rgb:

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from common.checkpoint import atomic_write, write_json
 from common.data import IMAGE_SUFFIXES
+from common.guard import non_negative_float, non_negative_int, output_dir, positive_float
 from common.runtime import RUNS_DIR, UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
@@ -36,11 +37,11 @@ def get_args(argv=None):
     parser.add_argument("--model", help="a run's best.pt (any stage) or a .onnx from export.py "
                                         "(default: the most accurate file in weights/)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--out", help="folder for the results (default: runs/05_deploy/predict-<timestamp>)")
+    parser.add_argument("--out", type=output_dir, help="folder for the results (default: runs/05_deploy/predict-<timestamp>)")
     parser.add_argument("--no-detect", action="store_true", help="each image is already one cropped face")
-    parser.add_argument("--margin", type=float, default=0.1, help="crop margin around a found face, share of its size")
-    parser.add_argument("--min-neighbors", type=int, default=5, help="Haar cascade strictness: higher, fewer false faces")
-    parser.add_argument("--min-face", type=float, default=0.05,
+    parser.add_argument("--margin", type=non_negative_float, default=0.1, help="crop margin around a found face, share of its size")
+    parser.add_argument("--min-neighbors", type=non_negative_int, default=5, help="Haar cascade strictness: higher, fewer false faces")
+    parser.add_argument("--min-face", type=positive_float, default=0.05,
                         help="smallest face searched for, share of the image's short side (smaller: slower)")
     return parser.parse_args(argv)
 
@@ -135,7 +136,8 @@ def main(argv=None):
         row = {"image": str(path), "faces": results}
         if results:
             row["annotated"] = str(free_name(out, path.stem, used))
-            cv2.imwrite(row["annotated"], annotate(cv2, image, results, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            _, jpeg = cv2.imencode(".jpg", annotate(cv2, image, results, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            atomic_write(row["annotated"], lambda f: f.write(jpeg.tobytes()))  # never a half-written picture
             found = ", ".join(f"{f['label']} {100 * f['probability']:.0f}%" for f in results)
             print(f"{path}: {len(results)} face{'s' if len(results) > 1 else ''}: {found}")
         else:

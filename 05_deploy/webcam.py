@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from common.guard import non_negative_float, non_negative_int, output_file, positive_float
 from common.runtime import UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
@@ -34,16 +35,16 @@ def get_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", help="a run's best.pt (any stage) or a .onnx from export.py "
                                         "(default: the most accurate file in weights/)")
-    parser.add_argument("--camera", type=int, default=0, help="camera index (0 is the built-in one)")
+    parser.add_argument("--camera", type=non_negative_int, default=0, help="camera index (0 is the built-in one)")
     parser.add_argument("--video", help="read this video file instead of a camera")
-    parser.add_argument("--output", help="also write the annotated frames to this video (.mp4 or .avi)")
+    parser.add_argument("--output", type=output_file, help="also write the annotated frames to this video (.mp4 or .avi)")
     parser.add_argument("--no-window", action="store_true", help="show nothing (for servers; use with --output)")
     parser.add_argument("--smoothing", type=float, default=0.3,
                         help="weight of the newest frame in each face's moving average (1 = no smoothing)")
-    parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: until the end)")
-    parser.add_argument("--margin", type=float, default=0.1, help="crop margin around a found face, share of its size")
-    parser.add_argument("--min-neighbors", type=int, default=5, help="Haar cascade strictness: higher, fewer false faces")
-    parser.add_argument("--min-face", type=float, default=0.15,
+    parser.add_argument("--max-frames", type=non_negative_int, default=0, help="stop after this many frames (0: until the end)")
+    parser.add_argument("--margin", type=non_negative_float, default=0.1, help="crop margin around a found face, share of its size")
+    parser.add_argument("--min-neighbors", type=non_negative_int, default=5, help="Haar cascade strictness: higher, fewer false faces")
+    parser.add_argument("--min-face", type=positive_float, default=0.15,
                         help="smallest face searched for, share of the frame's short side (smaller: slower)")
     return parser.parse_args(argv)
 

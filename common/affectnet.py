@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common.classes import AFFECTNET_CLASSES, PREPROCESSING
-from common.data import DataError, FaceData, _cached, _folder_fingerprint, read_image, report_skipped, stratified_split
+from common.data import DataError, FaceData, _cached, _folder_fingerprint, read_image, stratified_split, visible_files
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 CSV_NAME = "labels.csv"
@@ -44,9 +44,14 @@ def _csv_in(folder):
     return next((p for p in sorted(folder.iterdir()) if p.is_file() and p.name.lower() == CSV_NAME), None)
 
 
+FER2013_ONLY, AFFECTNET_ONLY = ("angry",), ("anger", "contempt")  # the class folder names that tell them apart
+
+
 def is_affectnet_tree(path):
     """Split folders plus a labels.csv, a val/ folder or an AffectNet-only class folder (anger,
-    contempt). FER2013's Kaggle tree has train/ and test/ with "angry" and no contempt."""
+    contempt). FER2013's Kaggle tree has train/ and test/ with "angry" and no contempt. A tree with
+    class folders of both (a contempt/ beside angry/) is an error naming the odd one out: guessing
+    would read a FER2013 tree as AffectNet and drop all of its angry faces."""
     if path is None or not Path(path).is_dir():
         return False
     dirs = split_dirs(path)
@@ -54,7 +59,14 @@ def is_affectnet_tree(path):
         return False
     if "val" in dirs or _csv_in(Path(path)) or any(_csv_in(d) for d in dirs.values()):
         return True
-    return any(c.is_dir() and c.name.lower() in ("anger", "contempt") for d in dirs.values() for c in d.iterdir())
+    classes = [c for d in dirs.values() for c in sorted(d.iterdir()) if c.is_dir()]
+    fer = [c for c in classes if c.name.lower() in FER2013_ONLY]
+    affectnet = [c for c in classes if c.name.lower() in AFFECTNET_ONLY]
+    if fer and affectnet:
+        odd, usual, kind = (affectnet[0], fer[0], "FER2013") if len(fer) >= len(affectnet) else (fer[0], affectnet[0], "AffectNet")
+        raise DataError(f"{odd}: class folder '{odd.name}' does not belong in this {kind} tree (it has {usual}); "
+                        f"move it out, or rename the folders to one dataset's class names")
+    return bool(affectnet)
 
 
 def _read_labels_csv(path, problems):
@@ -101,8 +113,8 @@ def scan_affectnet(root):
     on_disk = {split: {} for split in dirs}  # split -> {"anger/x.jpg" lower-cased: (file, folder label)}
     for split, split_dir in dirs.items():
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for file in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-                on_disk[split][f"{class_dir.name}/{file.name}".lower()] = (file, class_dir.name.lower())
+            for file in visible_files(class_dir):  # sub-folders of a class folder hold that class too
+                on_disk[split][file.relative_to(split_dir).as_posix().lower()] = (file, class_dir.name.lower())
     # CSV rows: one labels.csv at the root may cover every split, one in a split folder covers that split.
     csvs = [(path, list(dirs)) for path in [_csv_in(root)] if path]
     csvs += [(path, [split]) for split, d in dirs.items() for path in [_csv_in(d)] if path]

@@ -8,7 +8,9 @@ import csv
 import hashlib
 import json
 import os
+import pickle
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,16 +25,22 @@ MANIFEST = WEIGHTS_DIR / "manifest.json"  # per file: stage, SHA-256, PrivateTes
 INFERENCE_KEYS = ("stage", "model", "class_names", "preprocessing", "config")  # all that a shipped file keeps
 
 
+class WriteError(UserError):
+    """A file could not be written (a full disk, a read-only folder); the previous file is unchanged."""
+
+
 def atomic_write(path, write_fn, mode="wb"):
     """Write through a temporary file in the same folder, then rename over `path`.
 
     A run killed halfway through a save leaves the previous file intact instead of a
-    truncated one (os.replace is atomic on the same file system).
+    truncated one (os.replace is atomic on the same file system). The next training run in the
+    folder removes the temporary file such a kill leaves behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
             write_fn(f)
             f.flush()
@@ -41,9 +49,12 @@ def atomic_write(path, write_fn, mode="wb"):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # ENOSPC, EACCES, EROFS...: one line naming the file, not a traceback
+            reason = (e.strerror or type(e).__name__).lower()
+            raise WriteError(f"{path}: could not be written: {reason}; the previous file, if any, is unchanged") from None
         raise
 
 
@@ -51,16 +62,48 @@ def save_checkpoint(path, state):
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+COURSE_KEYS = ("stage", "model", "class_names", "preprocessing")  # what every train.py saves, and eval needs
+
+
 def load_checkpoint(path):
-    """Load on the CPU whatever device saved it; the caller moves the model where it wants."""
+    """Load on the CPU whatever device saved it; the caller moves the model where it wants.
+
+    Refused, each with one line: a missing or damaged file, a pickle that would run code, bare
+    weights (a state_dict) without the course's keys, and weights that are NaN or infinite.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass the best.pt or last.pt of a run folder")
     warn_if_altered(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged or foreign file
-        raise UserError(f"{path}: not a readable checkpoint of this course ({type(e).__name__}: {e})".splitlines()[0]) from None
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if refused:  # weights_only refused it: unpickling would import (and could run) that Python object
+            raise UserError(f"{path}: refused: loading it would import {refused.group(1)}, which no checkpoint of this "
+                            f"course contains; use a best.pt or last.pt written by train.py") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))  # past torch's advice to unpickle anyway
+        reason = reason.group(1) if reason else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a readable checkpoint of this course ({reason}); is it a damaged or "
+                        f"unfinished copy? Use the best.pt or last.pt of a run folder") from None
+    if isinstance(checkpoint, dict) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        raise UserError(f"{path}: holds bare model weights (a state_dict), not a checkpoint of this course; "
+                        f"use the best.pt or last.pt that a stage's train.py writes")
+    if isinstance(checkpoint, dict) and "model" in checkpoint:
+        weights = [v for v in checkpoint["model"].values() if torch.is_tensor(v) and v.is_floating_point()]
+        bad = sum(int((~torch.isfinite(v)).sum()) for v in weights)
+        if bad:
+            raise UserError(f"{path}: {bad} of its {sum(v.numel() for v in weights)} weights are NaN or infinite "
+                            f"(the run that saved it diverged); retrain with a lower --lr")
+    return checkpoint
+
+
+def require_course_keys(checkpoint, path):
+    """Stop with one line when `checkpoint` lacks what a course checkpoint always holds."""
+    missing = [key for key in COURSE_KEYS if key not in checkpoint]
+    if not isinstance(checkpoint, dict) or missing:
+        raise UserError(f"{path}: not a checkpoint of this course (no {', '.join(missing) or 'keys'}); "
+                        f"pass the best.pt or last.pt of a run folder")
 
 
 # ---------------------------------------------------------------- shipped weights
@@ -173,7 +216,7 @@ def write_metrics_csv(path, history):
 
 
 def read_metrics_csv(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet may add a BOM
         return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 

@@ -37,7 +37,7 @@ from common.runtime import CACHE_DIR, DATA_DIR, UserError
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 SPLIT_TO_USAGE = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
 FER_PIXELS = 48 * 48
-CACHE_VERSION = 1  # bump when a reader's output changes, so old caches are ignored
+CACHE_VERSION = 2  # bump when a reader's output changes, so old caches are ignored
 
 
 class DataError(UserError):
@@ -50,6 +50,7 @@ class FaceData:
     class_names: list
     preprocessing: dict = field(default_factory=lambda: dict(PREPROCESSING["fer2013"]))
     source: str = ""
+    skipped: list = field(default_factory=list)  # (file, why) for every file a reader could not use
 
     def split(self, name):
         if name not in self.splits and self.class_names == list(FER2013_CLASSES):
@@ -138,10 +139,11 @@ def stratified_split(labels, fraction, seed):
 # ---------------------------------------------------------------- FER2013 CSV
 
 def _read_text(path):
+    """The whole file as text; "utf-8-sig" drops the byte-order mark spreadsheet programs put first."""
     if str(path).endswith(".gz"):
         with gzip.open(path, "rb") as f:
-            return f.read().decode("utf-8")
-    return Path(path).read_text(encoding="utf-8")
+            return f.read().decode("utf-8-sig")
+    return Path(path).read_text(encoding="utf-8-sig")
 
 
 def _split_row(line, n_fields):
@@ -248,7 +250,11 @@ def _child_dir(root, name):
 
 
 def read_fer2013_folders(root):
-    """train/<class>/*.jpg and test/<class>/*.jpg; test/ split by the PublicTest_/PrivateTest_ prefix."""
+    """train/<class>/*.jpg and test/<class>/*.jpg; test/ split by the PublicTest_/PrivateTest_ prefix.
+
+    Images in sub-folders of a class folder belong to that class; a file that lies in no class
+    folder, or cannot be decoded, is skipped and reported (every run: the cache keeps the list).
+    """
     root = Path(root)
     train_dir, test_dir = _child_dir(root, "train"), _child_dir(root, "test")
     if train_dir is None and test_dir is None:
@@ -257,13 +263,15 @@ def read_fer2013_folders(root):
     collected = {split: ([], []) for split in SPLITS}
     skipped = []
     for split_dir in (d for d in (train_dir, test_dir) if d is not None):
+        skipped += [(p, "not inside a class folder") for p in sorted(split_dir.iterdir())
+                    if p.is_file() and not p.name.startswith(".")]
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             name = class_dir.name.lower()
             if name not in FER2013_CLASSES:
                 raise DataError(f"{class_dir}: unknown class folder '{class_dir.name}'; "
                                 f"expected one of {', '.join(FER2013_CLASSES)}")
             label = FER2013_CLASSES.index(name)  # CSV order, never alphabetical
-            for file in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            for file in visible_files(class_dir):
                 image = read_image(file, size=48, channels=1, skipped=skipped)
                 if image is None:
                     continue
@@ -278,7 +286,13 @@ def read_fer2013_folders(root):
               for split, (imgs, labels) in collected.items() if imgs}
     if not splits:
         raise DataError(f"{root}: no readable images found under train/ or test/")
-    return FaceData(splits, list(FER2013_CLASSES), source=str(root))
+    return FaceData(splits, list(FER2013_CLASSES), source=str(root), skipped=[(str(p), why) for p, why in skipped])
+
+
+def visible_files(folder):
+    """Every file under `folder`, sub-folders included, skipping hidden ones (.DS_Store, .git/), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def read_image(file, size, channels, skipped):
@@ -340,17 +354,21 @@ def _cached(path, fingerprint, reader, use_cache):
             with np.load(cache_file, allow_pickle=False) as z:
                 splits = {s: (torch.from_numpy(z[f"{s}_images"]), torch.from_numpy(z[f"{s}_labels"]))
                           for s in SPLITS if f"{s}_images" in z}
-                return FaceData(splits, [str(c) for c in z["class_names"]], source=str(path))
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt below
+                skipped = [tuple(str(x) for x in pair) for pair in z["skipped"]]
+                data = FaceData(splits, [str(c) for c in z["class_names"]], source=str(path), skipped=skipped)
+            report_skipped(skipped, path)  # the same warning as the run that parsed the files
+            return data
+        except Exception as e:  # a truncated or foreign file: zipfile, zlib, NumPy and KeyError all happen
+            print(f"note: parse cache {cache_file} is damaged ({type(e).__name__}); rebuilding it", file=sys.stderr)
     data = reader(path)
-    arrays = {"class_names": np.array(data.class_names)}
+    arrays = {"class_names": np.array(data.class_names),
+              "skipped": np.array(data.skipped, dtype=str).reshape(-1, 2)}
     for s, (images, labels) in data.splits.items():
         arrays[f"{s}_images"], arrays[f"{s}_labels"] = images.numpy(), labels.numpy()
     try:
         atomic_write(cache_file, lambda f: np.savez(f, **arrays))
-    except OSError as e:  # a read-only checkout still trains, only without the cache
-        print(f"warning: could not write parse cache {cache_file}: {e}", file=sys.stderr)
+    except UserError as e:  # a read-only checkout or a full disk still trains, only without the cache
+        print(f"warning: could not write parse cache: {e}", file=sys.stderr)
     return data
 
 

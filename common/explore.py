@@ -25,6 +25,7 @@ import numpy as np
 
 from common.checkpoint import write_json
 from common.data import load_data
+from common.guard import output_dir, positive_int
 from common.plots import image_grid, plot_class_counts
 from common.runtime import RUNS_DIR, UserError
 
@@ -125,11 +126,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default="builtin", help="FER2013 CSV (.csv/.csv.gz), image-folder tree or builtin")
-    parser.add_argument("--out", help="folder for explore.json and the PNGs (default: runs/explore/<data name>)")
+    parser.add_argument("--out", type=output_dir, help="folder for explore.json and the PNGs (default: runs/explore/<data name>)")
     parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
                         help="ferplus: count the FER+ majority labels of --ferplus instead (8 classes)")
     parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
-    parser.add_argument("--per-class", type=int, default=10, help="sample images per class in samples.png")
+    parser.add_argument("--per-class", type=positive_int, default=10, help="sample images per class in samples.png")
     args = parser.parse_args(argv)
     data = load_data(args.data, labels=args.labels, ferplus=args.ferplus)  # majority votes: one label per image
     name = "builtin" if args.data == "builtin" else Path(args.data).name.split(".")[0]

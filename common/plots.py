@@ -1,9 +1,21 @@
 """Plot helpers that write PNG files (matplotlib without a display)."""
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # no window needed; works on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from common.checkpoint import atomic_write  # noqa: E402
+
+
+def save_figure(fig, path):
+    """Write the figure through a temporary file (a stopped or failed save keeps the old PNG), then close it."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history, path, title=""):
@@ -31,8 +43,7 @@ def plot_curves(history, path, title=""):
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title} (best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}%, macro-F1 {best['val_f1']:.3f})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(cm, class_names, path, title="", normalize=False):
@@ -53,8 +64,7 @@ def plot_confusion(cm, class_names, path, title="", normalize=False):
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def image_grid(images, labels, class_names, path, per_class=8, title=""):
@@ -74,8 +84,7 @@ def image_grid(images, labels, class_names, path, per_class=8, title=""):
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_class_counts(counts, class_names, path, title=""):
@@ -93,8 +102,7 @@ def plot_class_counts(counts, class_names, path, title=""):
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _face(ax, image):
@@ -128,8 +136,7 @@ def plot_reliability(calib, path, title=""):
     ax_count.set_ylabel("images")
     ax_count.set_xlim(0, 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_mistakes(images, labels, preds, confidences, class_names, path, title="", cols=8):
@@ -145,8 +152,7 @@ def plot_mistakes(images, labels, preds, confidences, class_names, path, title="
                          f"{float(confidences[k]):.2f}", fontsize=7)
     fig.suptitle(title if n else f"{title}: none", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_heatmap_grid(images, cams, labels, preds, confidences, class_names, path, per_class=6, title="",
@@ -174,8 +180,7 @@ def plot_heatmap_grid(images, cams, labels, preds, confidences, class_names, pat
     kinds = f"{kind} (left) and attention map (right)" if attention is not None else kind
     fig.suptitle(f"{title}\n{kinds}, scaled per face; rows: true class, caption: predicted, red: wrong", fontsize=9)
     fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.35)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_comparison(rows, path):
@@ -197,5 +202,4 @@ def plot_comparison(rows, path):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -104,8 +104,20 @@ def import_sibling(script_file, module_name):
 
 
 def default_run_dir(stage_name):
-    """runs/<stage>/<timestamp>/, resolved from the repo root so it does not depend on the cwd."""
-    return RUNS_DIR / stage_name / time.strftime("%Y%m%d-%H%M%S")
+    """A new, empty runs/<stage>/<timestamp>/ (resolved from the repo root, not the cwd), created here.
+
+    Creating a folder either succeeds or finds it taken, so two runs started in the same second get
+    <timestamp> and <timestamp>-2 instead of sharing one folder.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = RUNS_DIR / stage_name / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise UserError(f"{RUNS_DIR / stage_name}: no free run folder name for {stamp}; pass --out")
 
 
 def count_parameters(model):

@@ -107,6 +107,18 @@ def test_the_older_torchscript_exporter_also_passes_parity(tmp_path):
     assert result["out"] == tmp_path / "best.onnx" and result["max_abs_diff"] < 1e-4
 
 
+def test_a_failed_export_leaves_the_previous_onnx_byte_for_byte(tmp_path, monkeypatch):
+    checkpoint = make_checkpoint("01_baseline", tmp_path / "best.pt")
+    export = deploy("export")
+    export.main(["--checkpoint", str(checkpoint), "--exporter", "torchscript"])
+    before = (tmp_path / "best.onnx").read_bytes()
+    monkeypatch.setattr(export, "check_parity", lambda *args: 0.5)  # onnxruntime and PyTorch disagree
+    with pytest.raises(UserError, match="disagree by 5.0e-01 .* not written"):
+        export.main(["--checkpoint", str(checkpoint), "--exporter", "torchscript"])
+    assert (tmp_path / "best.onnx").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pt"]  # no temporary file left
+
+
 def test_export_refuses_a_file_that_is_not_a_course_checkpoint(tmp_path):
     torch.save({"weight": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(UserError, match="not a checkpoint of this course"):

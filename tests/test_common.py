@@ -150,6 +150,53 @@ def test_unknown_class_folder_is_an_error(fer_folders):
         read_fer2013_folders(fer_folders)
 
 
+def test_a_bom_csv_reads_like_a_plain_one(fer_csv, tmp_path):
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + fer_csv.read_bytes())  # what a spreadsheet program saves
+    assert read_fer2013_csv(bom).sizes() == read_fer2013_csv(fer_csv).sizes()
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"\xef\xbb\xbfepoch,val_f1\n1,0.5\n")
+    assert ckpt.read_metrics_csv(path) == [{"epoch": 1, "val_f1": 0.5}]
+
+
+def test_skipped_files_are_reported_again_from_the_cache(fer_folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("common.data.CACHE_DIR", tmp_path / "cache")
+    (fer_folders / "train" / "happy" / "Training_notes.jpg").write_text("not an image")
+    for _ in range(2):  # parsed, then from the cache
+        load_data(fer_folders)
+        err = capsys.readouterr().err
+        assert "skipped 1 unreadable file(s)" in err and "Training_notes.jpg" in err
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_notice(fer_csv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("common.data.CACHE_DIR", tmp_path / "cache")
+    first = load_data(fer_csv)
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    cache.write_bytes(cache.read_bytes()[:200])  # truncated
+    again = load_data(fer_csv)
+    assert f"note: parse cache {cache} is damaged" in capsys.readouterr().err
+    assert tensors_equal(first.splits["train"][0], again.splits["train"][0])
+    load_data(fer_csv)
+    assert "damaged" not in capsys.readouterr().err  # rebuilt
+
+
+def test_images_in_sub_folders_are_read_and_stray_files_reported(fer_folders, capsys):
+    happy = fer_folders / "train" / "happy"
+    before = read_fer2013_folders(fer_folders).sizes()["train"]
+    (happy / "more").mkdir()
+    (happy / "more" / "Training_extra.png").write_bytes(next(happy.glob("*.png")).read_bytes())
+    (fer_folders / "train" / "Training_loose.png").write_bytes(next(happy.glob("*.png")).read_bytes())
+    data = read_fer2013_folders(fer_folders)
+    assert data.sizes()["train"] == before + 1
+    assert "Training_loose.png: not inside a class folder" in capsys.readouterr().err
+
+
+def test_a_fer2013_tree_with_a_foreign_class_folder_is_an_error(fer_folders):
+    (fer_folders / "train" / "contempt").mkdir()
+    with pytest.raises(DataError, match=r"train/contempt: class folder 'contempt' does not belong in this FER2013 tree"):
+        load_data(fer_folders)
+
+
 def _jpeg_bytes():
     import io
     buffer = io.BytesIO()

@@ -6,7 +6,8 @@ import re
 import pytest
 from conftest import REPO, STAGES
 
-SHARED_FLAGS = ["--data", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--num-workers", "--out", "--resume"]
+SHARED_FLAGS = ["--data", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--num-workers", "--out", "--resume",
+                "--overwrite"]
 README_HEADINGS = ["## What you'll learn", "## Run it", "## What changed", "## Results", "## Sample output", "## Exercises"]
 TRAIN_DIFF_BUDGET = 60  # changed lines between a stage's train.py and the one it was copied from
 # A stage copied from an earlier stage than the one numbered before it, and the budget of a stage whose

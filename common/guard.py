@@ -1,0 +1,299 @@
+"""What keeps a user's work safe while a stage trains: checked flags, a locked run folder that is never
+silently replaced, --resume that only continues, a stop on a diverged loss, and Ctrl-C that saves.
+
+Every stage's train.py calls these in the same few lines, so the lesson in train.py stays the recipe.
+"""
+import argparse
+import atexit
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+from common.checkpoint import get_rng_states, load_checkpoint, require_course_keys, set_rng_states
+from common.runtime import UserError, default_run_dir
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv")  # a folder holding one of these holds a run
+RECIPE_FLAGS_A_RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "out", "tensorboard")
+
+
+# ---------------------------------------------------------------- flag types for argparse
+# argparse calls these while it parses, so a bad value stops the script before any work, with
+# argparse's own "error: argument --flag: ..." line and exit status 2.
+
+def positive_int(text):
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a whole number of at least 1")
+    return value
+
+
+def non_negative_int(text):
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def positive_float(text):
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number above 0")
+    return value
+
+
+def non_negative_float(text):
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number of 0 or more")
+    return value
+
+
+def output_dir(text):
+    """A folder this script may create or write into: not a file, not under a file, not read-only."""
+    _check_writable(Path(text), is_dir=True)
+    return text
+
+
+def output_file(text):
+    """A file this script may create or replace: not a folder, in a folder that can be written."""
+    _check_writable(Path(text), is_dir=False)
+    return text
+
+
+def _number(text, cast, what):
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def _check_writable(path, is_dir):
+    if path.exists() and path.is_dir() != is_dir:
+        raise argparse.ArgumentTypeError(f"{path} is {'a file' if is_dir else 'a folder'}; "
+                                         f"give {'a folder' if is_dir else 'a file name'}")
+    existing = path if is_dir and path.exists() else path.parent  # a file is written by creating one in its folder
+    while not existing.exists():  # the folders that would be created: the first one that exists decides
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} lies under {existing}, which is a file; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is read-only for you; choose a folder you can write to")
+
+
+# ---------------------------------------------------------------- --resume
+
+def resume_run(args, parser, stage):
+    """(checkpoint, args): with --resume, the run's last.pt and the recipe it was started with.
+
+    Only last.pt continues a run (best.pt is an earlier epoch: continuing it would throw away the
+    epochs after it). Flags a run cannot change midway are named as ignored, never dropped silently.
+    """
+    if not args.resume:
+        return None, args
+    path = Path(args.resume)
+    if path.name != "last.pt":
+        raise UserError(f"{path}: --resume continues a run from its last.pt (best.pt is an earlier epoch, so "
+                        f"continuing it would discard the epochs after it); use {path.parent / 'last.pt'}")
+    checkpoint = load_checkpoint(path)
+    require_course_keys(checkpoint, path)
+    if checkpoint["stage"] != stage:
+        raise UserError(f"{path}: is a checkpoint of {checkpoint.get('stage')}, not {stage}; continue it with "
+                        f"python {checkpoint.get('stage')}/train.py --resume {path}")
+    config = checkpoint["config"]
+    given = {k: v for k, v in vars(args).items() if v != parser.get_default(k) and k not in ("resume", "overwrite")}
+    if given.get("data") and Path(given["data"]).exists():  # config.json holds the absolute path
+        given["data"] = str(Path(given["data"]).resolve())
+    ignored = [f"--{k.replace('_', '-')} {v}" for k, v in given.items()
+               if k not in RECIPE_FLAGS_A_RESUME_MAY_CHANGE and v != config.get(k)]
+    if ignored:
+        print(f"ignored: {', '.join(ignored)} (a resumed run keeps its data and recipe; start a new run to change them)")
+    kept = {k: v for k, v in given.items() if k in RECIPE_FLAGS_A_RESUME_MAY_CHANGE}
+    merged = {**vars(args), **config, "out": None, **kept, "resume": args.resume, "overwrite": args.overwrite}
+    if merged["epochs"] <= checkpoint["epoch"]:
+        raise UserError(f"--epochs {merged['epochs']}: {path} has already trained {checkpoint['epoch']} epochs; "
+                        f"pass a larger --epochs to continue it")
+    checkpoint["resumed_from"] = str(path)  # for the messages below; not saved again
+    return checkpoint, argparse.Namespace(**merged)
+
+
+def check_same_classes(checkpoint, class_names):
+    if checkpoint and list(checkpoint["class_names"]) != list(class_names):
+        raise UserError(f"{checkpoint['resumed_from']}: was trained on the classes {checkpoint['class_names']}, "
+                        f"but the data now has {class_names}; start a new run for these classes")
+
+
+# ---------------------------------------------------------------- the run folder
+
+def claim_run_folder(args, stage):
+    """The run folder, locked for this process: a new unique one, the resumed run's, or --out.
+
+    A folder that already holds a run is refused unless --resume continues that very run or
+    --overwrite is given. A lock file names this process, so a second run in the same folder stops
+    at once; it is removed when the process ends. Temporary files a killed save left are removed.
+    """
+    if not args.out and not args.resume:
+        out, created = default_run_dir(stage), True  # made here, so two runs started in the same second get two
+    else:
+        out = Path(args.out) if args.out else Path(args.resume).resolve().parent
+        created = not out.exists() or not any(out.iterdir())
+        out.mkdir(parents=True, exist_ok=True)
+    _lock(out, remove_if_unused=created)  # an empty folder is removed again if the run ends before writing to it
+    continuing = bool(args.resume) and Path(args.resume).resolve().parent == out.resolve()
+    holds_run = [name for name in RUN_FILES if (out / name).exists()]
+    if holds_run and not continuing and not args.overwrite:
+        release_run_folder(out)
+        raise UserError(f"{out}: already holds a run ({', '.join(holds_run)}); continue it with --resume "
+                        f"{out / 'last.pt'}, pick another --out, or pass --overwrite to replace it")
+    stale = sorted(out.glob(".*.tmp"))
+    for file in stale:
+        file.unlink()
+    if stale:
+        print(f"note: {out}: removed {len(stale)} unfinished temporary file(s) of a save that was cut short")
+    if continuing:
+        print(f"note: continuing the run in {out}")
+    elif holds_run:
+        for name in RUN_FILES + ("curves.png",):
+            (out / name).unlink(missing_ok=True)
+        print(f"note: --overwrite: replacing the run in {out}")
+    return out
+
+
+def _lock(folder, remove_if_unused):
+    lock = folder / ".lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid = _pid_in(lock)
+            if pid == os.getpid():  # this process (a test calling main() twice) already holds it
+                return
+            if pid is not None and _alive(pid):
+                raise UserError(f"{folder}: in use by another training run (PID {pid}); wait for it to end, "
+                                f"stop it, or pick another --out") from None
+            lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    atexit.register(_unlock, lock, os.getpid(), remove_if_unused)
+
+
+def release_run_folder(folder):
+    """Remove this process's lock on `folder` (at the end of main(); atexit does it after any other exit)."""
+    _unlock(Path(folder) / ".lock", os.getpid(), remove_if_unused=False)
+
+
+def _unlock(lock, pid, remove_if_unused):
+    if _pid_in(lock) == pid:
+        lock.unlink(missing_ok=True)
+        if remove_if_unused and not any(lock.parent.iterdir()):  # the run stopped before writing anything
+            lock.parent.rmdir()
+
+
+def _pid_in(lock):
+    try:
+        return int(lock.read_text().strip() or -1)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    if os.name == "nt":  # signal 0 is not a liveness test on Windows; a stale lock there is removed by hand
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- stopping: signals and divergence
+
+class StopSignal:
+    """Ctrl-C (SIGINT) or SIGTERM asks the training loop to stop after the current step; the loop
+    saves last.pt and calls exit_if_requested(). A second Ctrl-C stops at once (last.pt keeps its last contents)."""
+
+    def __init__(self, folder):
+        self.signum, self.folder = None, folder
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise SystemExit(128 + signum)  # unwinds at once; a half-written temporary file is removed
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+
+    def exit_if_requested(self, stage, last_pt, progress):
+        if not self.requested:
+            return
+        print(f"stopped at epoch {progress['epoch']} step {progress['step']}; "
+              f"continue with: python {stage}/train.py --resume {last_pt}", flush=True)
+        sys.exit(128 + self.signum)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+
+    def close(self):
+        """The run is over: the signal handlers from before it, and the run folder unlocked."""
+        release_run_folder(self.folder)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: every later step would spread it through the weights."""
+
+
+def stop_if_diverged(loss, progress, step=None):
+    value = loss.item() if hasattr(loss, "item") else float(loss)
+    if not math.isfinite(value):
+        where = f"step {step}" if step else "validation"
+        raise Diverged(f"the loss is {value} at epoch {progress['epoch']} {where}: training diverged and stops here "
+                       f"(last.pt and best.pt keep their previous contents); try a lower --lr")
+
+
+# ---------------------------------------------------------------- an epoch that can stop and resume midway
+
+def new_progress(epoch, loader):
+    """One epoch's running totals, updated by train_one_epoch and saved in last.pt when a signal stops it.
+    `loader`: the shuffling generator's state as the epoch starts, so a resume replays the same order."""
+    return {"epoch": epoch, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
+            "loader": loader.generator.get_state()}
+
+
+def stopped_progress(progress):
+    """`progress` as last.pt keeps it after a stop: with the random state of that moment."""
+    return {**progress, "rng": get_rng_states()}
+
+
+def resume_steps(batches, progress, stop):
+    """(step, batch) for the steps of this epoch not done yet, until a signal asks to stop.
+
+    After a stop midway, the epoch's batches come in the same order again; those trained on before
+    the stop are drawn and dropped, then the random state of the moment of the stop is restored, so
+    the run goes on exactly as if it had never stopped (with --num-workers 0; see README).
+    """
+    for step, batch in enumerate(batches, start=1):
+        if step < progress["step"]:
+            continue
+        if step == progress["step"]:
+            set_rng_states(progress["rng"])
+            continue
+        yield step, batch
+        if stop.requested:  # checked after the step, before the next batch is drawn
+            return
+
+
+def epoch_progress(checkpoint, epoch, loader):
+    """The progress of this epoch: where a run stopped midway got to (the loader's shuffle rewound to
+    the epoch's start, so the same batches come again), or a new epoch's."""
+    progress = checkpoint.get("progress") if checkpoint else None
+    if progress is None or progress["epoch"] != epoch:
+        return new_progress(epoch, loader)
+    loader.generator.set_state(progress["loader"])
+    return progress
