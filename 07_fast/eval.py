@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common.analysis import evaluate_tencrop, write_attention, write_eval_figures, write_gradcam
-from common.checkpoint import load_checkpoint, write_json
-from common.data import ImageDataset, eval_transform, load_data
+from common.checkpoint import default_output_dir, load_checkpoint, require_course_keys, write_json
+from common.data import ImageDataset, eval_transform, find_default_data, load_data
+from common.guard import output_dir, positive_int
 from common.metrics import classification_report, format_confusion, format_report
 from common.plots import plot_confusion
 from common.runtime import UserError, import_sibling, pick_device
@@ -67,8 +68,10 @@ def get_args(argv=None):
     parser.add_argument("--data", help="data to evaluate on (default: the data the run trained on)")
     parser.add_argument("--split", choices=["test", "val", "train"], default="test",
                         help="test = PrivateTest: report it once, after choosing the model on val")
-    parser.add_argument("--out", help="folder for the report (default: <run folder>/eval_<split>)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", type=output_dir,
+                        help="folder for the report (default: <run folder>/eval_<split>, "
+                             "runs/shipped/<name>/eval_<split> for a file in weights/)")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--tta", choices=["none", "tencrop"], default="none",
                         help="tencrop: also report accuracy averaged over ten shifted and mirrored crops")
@@ -80,16 +83,20 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("stage") != STAGE:
-        raise UserError(f"{args.checkpoint}: was trained by stage {checkpoint.get('stage')}; "
-                        f"use {checkpoint.get('stage')}/eval.py")
+    checkpoint = load_checkpoint(args.checkpoint)  # refuses bare weights, a pickle that runs code, NaN weights
+    require_course_keys(checkpoint, args.checkpoint)
+    if checkpoint["stage"] != STAGE:
+        raise UserError(f"{args.checkpoint}: was trained by stage {checkpoint['stage']}; "
+                        f"use python {checkpoint['stage']}/eval.py")
     device = pick_device(args.device)
     model = load_model(checkpoint).to(device)
     if args.attention and not hasattr(model, "attention_maps"):
         raise UserError(f"{STAGE}: this stage's model has no attention maps; use 03_attention (or --gradcam)")
     config = checkpoint["config"]  # read the data the way the run did (FER+ labels included)
-    data = load_data(args.data or config["data"], seed=config["seed"], labels=config.get("labels", "fer2013"),
+    data_path = args.data or config["data"]
+    if not Path(data_path).exists() and data_path != "builtin" and find_default_data():
+        data_path = str(find_default_data())  # a shipped or copied checkpoint: this clone's data/ instead
+    data = load_data(data_path, seed=config["seed"], labels=config.get("labels", "fer2013"),
                      ferplus=config.get("ferplus"), ferplus_mode=config.get("ferplus_mode", "majority"))
     class_names = checkpoint["class_names"]
     if data.class_names != class_names:
@@ -99,7 +106,7 @@ def main(argv=None):
                         batch_size=args.batch_size)
     result = evaluate(model, loader, device)
     report = classification_report(result["labels"], result["preds"], class_names)
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
+    out = Path(args.out) if args.out else default_output_dir(args.checkpoint, f"eval_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     title = f"{STAGE} on {Path(data.source).name} ({args.split}, {len(labels)} images)"
     print(title)

@@ -56,7 +56,7 @@ class SpatialAttention(nn.Module):
 
     7x7 as in the CBAM paper, whose ablation found 7x7 better than 3x3: a position's weight
     should depend on its neighbourhood (is this dark patch an eye, given what is around it?).
-    The notebook of seeds/004 describes 1x1, which sees one position only; see the exercises.
+    The attention notebook describes 1x1, which sees one position only; see the exercises.
     """
 
     def __init__(self, kernel_size=7):
