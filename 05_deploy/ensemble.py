@@ -180,6 +180,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     checkpoints = [load_checkpoint(path) for path in args.checkpoints]
+    models = [faces.model_from_checkpoint(c, p) for c, p in zip(checkpoints, args.checkpoints)]  # refuses foreign files
     check_members(checkpoints, args.checkpoints)
     out = Path(args.out) if args.out else RUNS_DIR / "05_deploy" / time.strftime("ensemble-%Y%m%d-%H%M%S")
     if (out / "ensemble.pt").exists():
@@ -195,8 +196,7 @@ def main(argv=None):
 
     device = pick_device(args.device)
     weights = [1 / len(checkpoints)] * len(checkpoints)
-    ensemble = Ensemble([Member(faces.model_from_checkpoint(c, p), c["preprocessing"])
-                         for c, p in zip(checkpoints, args.checkpoints)], weights).to(device)
+    ensemble = Ensemble([Member(m, c["preprocessing"]) for m, c in zip(models, checkpoints)], weights).to(device)
     size = checkpoints[0]["preprocessing"]["size"]
     if args.fit_weights:
         val_loader = pixel_loader(*data.split("val"), size, args.batch_size)
