@@ -31,6 +31,7 @@ from common.guard import (StopSignal, check_same_classes, claim_run_folder, epoc
 from common.plots import plot_curves
 from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
                             pick_device, seed_everything, seed_worker)
+from common.tracking import finish_wandb, log_wandb, open_wandb
 
 STAGE = Path(__file__).resolve().parent.name
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
@@ -57,6 +58,8 @@ def get_args(argv=None):
     parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority",
                         help="train on the majority vote, or on the vote distribution (soft targets)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log to Weights & Biases (if installed): offline unless logged in, see README")
     # stage-specific flags
     parser.add_argument("--patience", type=positive_int, default=7,
                         help="stop after this many epochs without a better validation macro-F1")
@@ -168,6 +171,7 @@ def main(argv=None):
         start_epoch = checkpoint["epoch"] + 1
         set_rng_states(checkpoint["rng"])
         train_loader.generator.set_state(checkpoint["rng"]["loader"])
+    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id: --resume continues the run
     write_json(out / "config.json", vars(args))
     writer = open_tensorboard(out) if args.tensorboard else None
     sizes = " ".join(f"{k} {v}" for k, v in data.sizes().items())
@@ -208,6 +212,8 @@ def main(argv=None):
         stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C or SIGTERM: saved, so stop here
         if writer:
             log_scalars(writer, history[-1])
+        if tracker:
+            log_wandb(tracker, history[-1])
         row = history[-1]
         print(f"Epoch {epoch}/{args.epochs} | train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
               f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% f1 {val['macro_f1']:.3f} | "
@@ -218,6 +224,8 @@ def main(argv=None):
 
     if history:
         plot_curves(history, out / "curves.png", title=f"{STAGE} on {Path(data.source).name}")
+        if tracker:  # the best checkpoint's validation confusion matrix, curves.png and best.pt as an artifact
+            finish_wandb(tracker, out, model, val_loader, device, eval_lib.evaluate, data.class_names)
         best = max(history, key=lambda r: r["val_f1"])
         total = sum(r["seconds"] for r in history)
         print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% f1 {best['val_f1']:.3f} | "

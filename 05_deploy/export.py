@@ -2,7 +2,8 @@
 
     python 05_deploy/export.py --checkpoint runs/01_baseline/<run>/best.pt               # -> <run>/best.onnx
     python 05_deploy/export.py --checkpoint runs/03_attention/<run>/best.pt --out fer.onnx
-    python 05_deploy/export.py --checkpoint weights/03_attention-fer2013.pt  # -> runs/shipped/03_attention-fer2013/
+    python 05_deploy/export.py --checkpoint weights/01_baseline-fer2013.pt   # -> runs/shipped/01_baseline-fer2013/
+    python 05_deploy/export.py --checkpoint runs/05_deploy/<ensemble>/ensemble.pt             # ensemble.py's members, one graph
 
 The file has a dynamic batch axis (input "images" (N, C, H, W) float, output "logits" (N, K)) and
 carries in its metadata everything a runtime needs to use it: `stage`, `class_names` (JSON list)

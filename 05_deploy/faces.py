@@ -53,6 +53,8 @@ def choose_model(path):
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):
     """Rebuild the model of the stage that trained `checkpoint` (on the CPU, in eval mode)."""
+    if checkpoint.get("stage") == "ensemble":  # ensemble.pt from 05_deploy/ensemble.py: several members in one file
+        return import_sibling(__file__, "ensemble").from_checkpoint(checkpoint)
     missing = [key for key in ("stage", "model", "class_names", "preprocessing") if key not in checkpoint]
     if missing:
         raise UserError(f"{path}: not a checkpoint of this course (no {', '.join(missing)}); "

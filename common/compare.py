@@ -20,7 +20,7 @@ from common.checkpoint import load_checkpoint, read_metrics_csv
 from common.plots import plot_comparison
 from common.runtime import REPO_ROOT, RUNS_DIR, UserError, count_parameters, import_sibling
 
-NOT_RECIPE = {"data", "out", "resume", "device", "num_workers", "tensorboard"}  # flags that do not change results
+NOT_RECIPE = {"data", "out", "resume", "device", "num_workers", "tensorboard", "wandb"}  # flags that do not change results
 
 
 def stage_module(stage, name):
