@@ -110,8 +110,9 @@ def test_eval_without_a_test_split_says_so_in_one_line(run, trained_run, tmp_pat
     dev.write_text("".join(rows))
     result = run(f"{STAGE}/eval.py", "--checkpoint", out / "best.pt", "--data", dev)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [f"error: {dev}: has no 'test' split (it has: train, val); "
-                                                  "pass data that includes it, or pick another --split"]
+    assert result.stderr.strip().splitlines() == [f"error: {dev}: has no PrivateTest rows, so no 'test' split; use the "
+                                                  "complete fer2013.csv (Training, PublicTest and PrivateTest rows; "
+                                                  "see README), or pick another --split"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -9,9 +9,9 @@ import torch
 from conftest import REPO, load_stage_module, run_script
 
 from common import checkpoint as ckpt
-from common.builtin_faces import make_builtin_dataset, write_fer2013_csv
+from common.builtin_faces import make_builtin_dataset
 from common.data import eval_transform
-from common.runtime import UserError, count_parameters
+from common.runtime import count_parameters
 
 MANIFEST = json.loads(ckpt.MANIFEST.read_text())["files"] if ckpt.MANIFEST.is_file() else []
 README = (REPO / "weights" / "README.md").read_text() if ckpt.MANIFEST.is_file() else ""
@@ -107,18 +107,3 @@ def test_best_shipped_model_is_the_most_accurate_entry():
     path, entry = ckpt.best_shipped_model()
     assert entry["test_accuracy"] == max(e["test_accuracy"] for e in MANIFEST)
     assert path == ckpt.WEIGHTS_DIR / entry["file"]
-
-
-def test_eval_of_the_test_split_on_a_file_without_privatetest_rows_says_how_to_get_them(trained_02, tmp_path):
-    data = make_builtin_dataset(seed=0, sizes=(40, 20, 10))
-    del data.splits["test"]  # Training and PublicTest only, like a CSV cut before its PrivateTest rows
-    csv = tmp_path / "fer2013-dev.csv"
-    write_fer2013_csv(data, csv)
-    result = run_script("02_deeper/eval.py", "--checkpoint", trained_02, "--data", csv, "--split", "test",
-                        "--out", tmp_path / "ev")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    [line] = result.stderr.strip().splitlines()
-    assert str(csv) in line and "has no PrivateTest rows" in line and "see README" in line
-    eval_lib = load_stage_module("02_deeper", "eval")
-    with pytest.raises(UserError, match="has no PrivateTest rows"):
-        eval_lib.main(["--checkpoint", str(trained_02), "--data", str(csv), "--split", "test"])
