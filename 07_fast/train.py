@@ -192,8 +192,7 @@ def main(argv=None):
         start_epoch = checkpoint["epoch"] + 1
         rng = checkpoint["rng"][rank] if len(checkpoint["rng"]) == world_size else get_rng_states()  # one per process
         set_rng_states(rng)  # with another count of processes, this run's fresh seeds
-        if checkpoint.get("progress"):  # stopped midway: this process's random state of that moment
-            checkpoint["progress"]["rng"] = rng
+        checkpoint["progress"] = checkpoint.get("progress") and {**checkpoint["progress"], "rng": rng}  # this process's
     tracker = open_wandb(args, out, STAGE) if args.wandb and rank == 0 else None  # sets args.wandb_id for --resume
     if rank == 0:
         write_json(out / "config.json", vars(args))
