@@ -35,6 +35,7 @@ import platform
 import resource
 import subprocess
 import time
+import types
 
 import torch
 import torch.nn as nn
@@ -79,6 +80,13 @@ def images_per_second(run, batches, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return seen / (time.perf_counter() - start)
+
+
+def new_progress():  # train_one_epoch's running totals, for a loop that is never stopped
+    return {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0}
+
+
+NEVER_STOP = types.SimpleNamespace(requested=False)  # stands in for the Ctrl-C handler: timing never stops early
 
 
 def take(loader, n):
@@ -137,7 +145,8 @@ def measure(stage, args):
         step_model = torch.compile(model) if args.compile else model
 
         def loop(batches, augment=augment):
-            train.train_one_epoch(step_model, batches, criterion, optimizer, device, None, augment, amp_dtype, scaler)
+            train.train_one_epoch(step_model, batches, criterion, optimizer, device, None, augment, amp_dtype, scaler,
+                                  new_progress(), NEVER_STOP)
 
         def bare(batches):  # the same loop, fed a batch that needs no augmentation
             loop(batches, augment=nn.Identity())
@@ -150,7 +159,7 @@ def measure(stage, args):
         autocast = contextlib.nullcontext()
 
         def loop(batches):
-            train.train_one_epoch(model, batches, criterion, optimizer, device, "benchmark")
+            train.train_one_epoch(model, batches, criterion, optimizer, device, "benchmark", new_progress(), NEVER_STOP)
 
         bare = loop
 

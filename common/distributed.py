@@ -9,11 +9,18 @@ gradients, so all copies take the same step and hold the same weights.
 Started without torchrun, every function here does the single-process thing (rank 0 of 1).
 """
 import os
+import signal
 import sys
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+
+def silence_other_processes():
+    """Processes other than rank 0 print nothing from here on (their stdout goes to /dev/null)."""
+    if int(os.environ.get("RANK", 0)) > 0:
+        sys.stdout = open(os.devnull, "w")
 
 
 def init_distributed(device):
@@ -32,8 +39,7 @@ def init_distributed(device):
     elif device.type != "cpu":
         sys.exit(f"error: torchrun training runs on CUDA GPUs or the CPU, not on {device.type}; use --device cpu")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if rank > 0:
-        sys.stdout = open(os.devnull, "w")
+    silence_other_processes()
     return rank, world_size, device
 
 
@@ -69,6 +75,45 @@ def sum_over_processes(values):
     total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)  # sum by default
     return total.tolist()
+
+
+_flag_group = None  # a gloo group: a yes/no between processes travels on the CPU, without waiting for the GPUs
+
+
+def any_process(flag):
+    """True on every process when `flag` is true on any one of them; `flag` itself without torchrun."""
+    global _flag_group
+    if not dist.is_initialized():
+        return flag
+    if _flag_group is None:  # made the first time; every process reaches this line at the same step
+        _flag_group = dist.new_group(backend="gloo")
+    vote = torch.tensor([int(flag)])
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=_flag_group)
+    return bool(vote.item())
+
+
+class SharedStop:
+    """common.guard.StopSignal for processes that must stop together: a Ctrl-C or SIGTERM that reaches
+    any process stops every one after the same step (a process left running would wait for the others
+    forever). Without torchrun it is the StopSignal itself."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    @property
+    def requested(self):
+        return any_process(self.stop.requested)
+
+    def exit_if_requested(self, stage, last_pt, progress):
+        if not self.requested:
+            return
+        if self.stop.signum is None:  # the signal reached another process: stop as if sent SIGTERM
+            self.stop.signum = signal.SIGTERM
+        close_distributed()
+        self.stop.exit_if_requested(stage, last_pt, progress)
+
+    def close(self):
+        self.stop.close()
 
 
 class WeightedDistributedSampler(DistributedSampler):

@@ -14,6 +14,7 @@ TRAIN_DIFF_BUDGET = 60  # changed lines between a stage's train.py and the one i
 # lesson is the training loop itself (batching, precision, processes) rather than a recipe.
 COPIED_FROM = {"07_fast": "03_attention"}
 LOOP_STAGE_BUDGET = {"07_fast": 170}
+LOOP_STAGE_LINES = {"07_fast": 275}  # its loop also shares the run folder, the stop and the sums between processes
 PAIRS = [(COPIED_FROM.get(stage, previous), stage) for previous, stage in zip(STAGES, STAGES[1:])]
 
 
@@ -67,7 +68,7 @@ def test_train_py_keeps_the_section_order(stage):
              "def main(", 'if __name__ == "__main__":']
     positions = [text.index(name) for name in order]
     assert positions == sorted(positions)
-    assert len(text.splitlines()) <= 250
+    assert len(text.splitlines()) <= LOOP_STAGE_LINES.get(stage, 250)
 
 
 @pytest.mark.parametrize("stage", STAGES)
