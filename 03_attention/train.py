@@ -167,8 +167,7 @@ def main(argv=None):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        for group in optimizer.param_groups:  # this epoch's rate on the curve of the new --epochs, if it changed
-            group["lr"] = group["initial_lr"] * cosine(scheduler.last_epoch)
+        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # on the curve of a new --epochs
         history, best_f1, bad_epochs = checkpoint["history"], checkpoint["best_f1"], checkpoint["bad_epochs"]
         start_epoch = checkpoint["epoch"] + 1
         set_rng_states(checkpoint["rng"])

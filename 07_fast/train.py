@@ -186,6 +186,7 @@ def main(argv=None):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # on the curve of a new --epochs
         if checkpoint["scaler"]:  # empty when the stopped run did not use fp16
             scaler.load_state_dict(checkpoint["scaler"])
         history, best_f1, bad_epochs = checkpoint["history"], checkpoint["best_f1"], checkpoint["bad_epochs"]
