@@ -60,7 +60,7 @@ def test_only_some_splits_trains_and_missing_split_is_named(tmp_path):
     rows = [f"{i % 7},{pixels(i)},Training" for i in range(14)] + [f"{i % 7},{pixels(i)},PublicTest" for i in range(7)]
     data = load_data(write_rows(tmp_path / "dev.csv", "emotion,pixels,Usage", rows))
     assert data.sizes() == {"train": 14, "val": 7}
-    with pytest.raises(DataError, match=r"dev.csv: has no 'test' split"):
+    with pytest.raises(DataError, match=r"dev.csv: has no PrivateTest rows, so no 'test' split"):
         data.split("test")
 
 
