@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `i
 
 import argparse
 
-from common.checkpoint import inference_only, load_checkpoint, save_checkpoint, sha256
+from common.checkpoint import INFERENCE_KEYS, inference_only, load_checkpoint, save_checkpoint, sha256
 from common.runtime import UserError
 
 
@@ -35,7 +35,7 @@ def main(argv=None):
     if out.exists():
         raise UserError(f"{out}: already exists; remove it first or pass another --out")
     checkpoint = load_checkpoint(args.checkpoint)
-    missing = [key for key in ("stage", "model", "class_names", "preprocessing", "config") if key not in checkpoint]
+    missing = [key for key in INFERENCE_KEYS if key not in checkpoint]
     if missing:
         raise UserError(f"{args.checkpoint}: lacks {', '.join(missing)}; pass a best.pt written by a stage's train.py")
     save_checkpoint(out, inference_only(checkpoint, half=args.half))
