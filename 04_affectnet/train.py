@@ -24,8 +24,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, write_json, write_metrics_csv
-from common.affectnet import find_default_affectnet
-from common.data import ImageDataset, eval_transform, load_data
+from common.data import ImageDataset, eval_transform, find_default_affectnet, load_data
 from common.guard import (StopSignal, check_same_classes, claim_run_folder, epoch_progress, non_negative_int, output_dir,
                           positive_float, positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
 from common.plots import plot_curves

@@ -1,6 +1,5 @@
 """Repo paths, seeding, device choice and loading a stage's sibling modules by path."""
 import importlib.util
-import os
 import random
 import sys
 import time
@@ -9,15 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.facedata import UserError  # the course's one error type, defined where every module can reach it
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"
 RUNS_DIR = REPO_ROOT / "runs"
-# Parse caches: FER_CACHE_DIR overrides (tests point it into a temporary folder).
-CACHE_DIR = Path(os.environ.get("FER_CACHE_DIR", REPO_ROOT / ".cache"))
-
-
-class UserError(Exception):
-    """Bad input from the user (a file, a flag). Scripts print its one-line message, no traceback."""
 
 
 def seed_everything(seed):

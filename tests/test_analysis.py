@@ -180,7 +180,7 @@ def test_gradcam_survives_an_inplace_relu_after_the_conv():
 
 def test_gradcam_grid_puts_attention_beside_gradcam(monkeypatch, tmp_path, tiny_faces):
     from common import analysis
-    from common.classes import PREPROCESSING
+    from common.facedata import PREPROCESSING
     from common.plots import plot_heatmap_grid
     images, labels = tiny_faces.splits["train"]
     seen = {}
@@ -241,7 +241,7 @@ def fake_run(folder, epochs, seconds, data, test=None):
     """A run folder as 01_baseline/train.py leaves it, with an untrained model (no training needed)."""
     from conftest import load_stage_module
     from common.checkpoint import save_checkpoint, write_json, write_metrics_csv
-    from common.classes import FER2013_CLASSES, PREPROCESSING
+    from common.facedata import FER2013_CLASSES, PREPROCESSING
     config = {**vars(load_stage_module("01_baseline", "train").get_args([])[0]), "data": data, "epochs": epochs}
     write_json(folder / "config.json", config)
     history = [{"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.3 + 0.1 * e,
