@@ -2,7 +2,6 @@
 import importlib.util
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,23 +95,6 @@ def import_sibling(script_file, module_name):
     sys.modules[unique_name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def default_run_dir(stage_name):
-    """A new, empty runs/<stage>/<timestamp>/ (resolved from the repo root, not the cwd), created here.
-
-    Creating a folder either succeeds or finds it taken, so two runs started in the same second get
-    <timestamp> and <timestamp>-2 instead of sharing one folder.
-    """
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        folder = RUNS_DIR / stage_name / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            continue
-    raise UserError(f"{RUNS_DIR / stage_name}: no free run folder name for {stamp}; pass --out")
 
 
 def count_parameters(model):
