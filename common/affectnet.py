@@ -236,4 +236,3 @@ def read_affectnet(root, seed=0, val_fraction=0.1, use_cache=True, min_relfc=Non
         index = torch.tensor(readable[split], dtype=torch.long)
         splits[split] = (decoded[split][0][index], decoded[split][1][index])
     return FaceData(splits, list(AFFECTNET_CLASSES), dict(PREPROCESSING["affectnet"]), source=str(root))
-

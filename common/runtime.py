@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.facedata import UserError  # the course's one error type, defined where every module can reach it
+# UserError, the course's one error type, is defined in facedata.py, which every other module builds on,
+# so that any module can raise it; scripts import it from here, with the rest of what they need.
+from common.facedata import UserError  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"

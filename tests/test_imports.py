@@ -188,10 +188,16 @@ def test_readers_import_only_the_face_data_module_which_imports_nothing_of_ours(
         assert graph[reader].edges == {LEAF}, f"{reader} may import only {LEAF}\n{format_graph(graph)}"
 
 
-def test_common_init_lists_every_module_after_the_modules_it_imports(graph):
+def modules_listed_in_common_init():
+    """The modules common/__init__.py names in its indented table, in order (its first column only)."""
     docstring = ast.get_docstring(ast.parse((REPO / "common" / "__init__.py").read_text()))
-    names_column = [re.split(r"\s{2,}", line.strip())[0] for line in docstring.splitlines() if re.match(r"    \S", line)]
-    listed = [f"common.{name}" for column in names_column for name in re.findall(r"(\w+)\.py", column)]
+    rows = [line for line in docstring.splitlines() if re.match(r"    \S", line)]
+    first_column = [re.split(r"\s{2,}", row.strip())[0] for row in rows]
+    return [f"common.{name}" for column in first_column for name in re.findall(r"(\w+)\.py", column)]
+
+
+def test_common_init_lists_every_module_after_the_modules_it_imports(graph):
+    listed = modules_listed_in_common_init()
     in_common = sorted(name for name in graph if name.startswith("common."))
     assert sorted(set(listed)) == in_common, f"common/__init__.py lists {listed}, the package has {in_common}"
     late = [f"{name} imports {target}, listed after it" for name in listed for target in sorted(graph[name].edges)
