@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common.analysis import evaluate_tencrop, write_attention, write_eval_figures, write_gradcam
+from analysis.calibration import write_eval_figures
+from analysis.heatmaps import write_attention, write_gradcam
+from analysis.tencrop import evaluate_tencrop
 from common.checkpoint import default_output_dir, load_checkpoint, require_course_keys, write_json
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
 from common.guard import output_dir, positive_int

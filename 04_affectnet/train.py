@@ -24,11 +24,11 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, write_json, write_metrics_csv
-from common.affectnet import find_default_affectnet
-from common.data import ImageDataset, eval_transform, load_data
-from common.guard import (StopSignal, check_same_classes, claim_run_folder, epoch_progress, non_negative_int, output_dir,
-                          positive_float, positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
+from common.data import ImageDataset, eval_transform, find_default_affectnet, load_data
+from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int, output_dir, positive_float,
+                          positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
 from common.plots import plot_curves
+from common.runfolder import claim_run_folder
 from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
                             pick_device, seed_everything, seed_worker)
 from common.tracking import finish_wandb, log_wandb, open_wandb

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common.analysis import ten_crops
+from analysis.tencrop import ten_crops
 from common.checkpoint import load_checkpoint, save_checkpoint, write_json
 from common.data import ImageDataset, eval_transform, load_data
 from common.metrics import classification_report

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from common.checkpoint import atomic_write, write_json
-from common.data import IMAGE_SUFFIXES
+from common.facedata import IMAGE_SUFFIXES
 from common.guard import non_negative_float, non_negative_int, output_dir, positive_float
 from common.runtime import RUNS_DIR, UserError, import_sibling
 

@@ -29,9 +29,10 @@ from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, w
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
 from common.distributed import (SharedStop, WeightedDistributedSampler, broadcast_object, close_distributed,
                                 gather_objects, init_distributed, silence_other_processes, sum_over_processes)
-from common.guard import (StopSignal, check_same_classes, claim_run_folder, epoch_progress, non_negative_int, output_dir,
-                          positive_float, positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
+from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int, output_dir, positive_float,
+                          positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
 from common.plots import plot_curves
+from common.runfolder import claim_run_folder
 from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
                             pick_amp_dtype, pick_device, seed_everything)
 from common.tracking import finish_wandb, log_wandb, open_wandb

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.classes import AFFECTNET_CLASSES, PREPROCESSING
-from common.data import DataError, FaceData, _cached, _folder_fingerprint, read_image, stratified_split, visible_files
+from common.facedata import (AFFECTNET_CLASSES, PREPROCESSING, DataError, FaceData, cached, folder_fingerprint,
+                             note_carved_val, read_image, stratified_split, visible_files)
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 CSV_NAME = "labels.csv"
@@ -208,7 +208,7 @@ def read_affectnet(root, seed=0, val_fraction=0.1, use_cache=True, min_relfc=Non
     def read_affectnet_images(_):  # runs on a cache miss only; the name is part of the cache key
         return FaceData(_decode(records), list(AFFECTNET_CLASSES), source=str(root))
 
-    decoded = _cached(root, _folder_fingerprint(root), read_affectnet_images, use_cache).splits
+    decoded = cached(root, folder_fingerprint(root), read_affectnet_images, use_cache).splits
     unreadable = [(str(row[0]), "unreadable image") for split, rows in records.items()
                   for row, label in zip(rows, decoded[split][1].tolist()) if label < 0]
     problems["unreadable image"] = unreadable
@@ -220,8 +220,7 @@ def read_affectnet(root, seed=0, val_fraction=0.1, use_cache=True, min_relfc=Non
         readable["val"] = [readable["train"][i] for i in held]
         readable["train"] = [readable["train"][i] for i in keep]
         decoded["val"], records["val"] = decoded["train"], records["train"]
-        print(f"note: {root} has no validation split; using a stratified {val_fraction:.0%} of train "
-              f"(seed {seed}) as val", file=sys.stderr)
+        note_carved_val(root, val_fraction, seed)
     if min_relfc is not None and "train" in readable:
         rows = [(i, records["train"][i][1], records["train"][i][2]) for i in readable["train"]]
         readable["train"] = [row[0] for row in filter_by_relfc(root, rows, min_relfc)]
@@ -237,12 +236,3 @@ def read_affectnet(root, seed=0, val_fraction=0.1, use_cache=True, min_relfc=Non
         index = torch.tensor(readable[split], dtype=torch.long)
         splits[split] = (decoded[split][0][index], decoded[split][1][index])
     return FaceData(splits, list(AFFECTNET_CLASSES), dict(PREPROCESSING["affectnet"]), source=str(root))
-
-
-def find_default_affectnet():
-    """data/affectnet/ (or data/AffectNet/) when it holds an AffectNet tree."""
-    from common.runtime import DATA_DIR
-    for name in ("affectnet", "AffectNet"):
-        if is_affectnet_tree(DATA_DIR / name):
-            return DATA_DIR / name
-    return None

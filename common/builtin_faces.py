@@ -7,8 +7,8 @@ lighting, noise, blur and occluders vary on top. Class sizes follow FER2013 (dis
 rarer than happy) and 4% of labels are flipped, as in real crowd-labelled data. A baseline CNN
 lands well above chance and well below 100%: a small task, not a trivial one.
 
-    python -m common.builtin_faces --grid docs/builtin_faces.png
     python -m common.builtin_faces --write-csv data/builtin/fer2013.csv --write-folders data/builtin/folders
+    python -m analysis.explore --data builtin       # their class counts and a grid of samples per class
 
 Deterministic: the same seed gives the same pixels (NumPy's Generator and Pillow's drawing).
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.classes import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING
+from common.facedata import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING, SPLIT_TO_USAGE, SPLITS, FaceData
 
 # Class mean of each action unit, for an expression at full intensity (0 = the neutral face).
 #            brow_up brow_v eye_open mouth_curve mouth_open mouth_wide wrinkle smirk
@@ -145,26 +145,23 @@ def make_builtin_dataset(seed=0, variant="fer2013", sizes=(3000, 600, 600)):
     variant "fer2013": 7 classes, 48x48 grayscale. "affectnet": 8 classes with contempt,
     96x96 colour, like the Kaggle AffectNet copy.
     """
-    from common.data import FaceData  # imported here: common.data imports this module lazily too
-
     class_names = list(FER2013_CLASSES if variant == "fer2013" else AFFECTNET_CLASSES)
     spec = dict(PREPROCESSING[variant])
     splits = {}
-    for k, (split, n) in enumerate(zip(["train", "val", "test"], sizes)):
+    for k, (split, n) in enumerate(zip(SPLITS, sizes)):
         splits[split] = make_faces(n, class_names, seed=seed * 1000 + k, size=spec["size"], color=spec["channels"] == 3)
     return FaceData(splits, class_names, spec, source=f"built-in {variant} faces (seed {seed})")
 
 
 def write_fer2013_csv(data, path):
     """Write 48x48 grayscale FaceData in the fer2013.csv format (emotion,pixels,Usage)."""
-    usage = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         f.write("emotion,pixels,Usage\n")
         for split, (images, labels) in data.splits.items():
             for image, label in zip(images, labels):
-                f.write(f"{int(label)},{' '.join(map(str, image.flatten().tolist()))},{usage[split]}\n")
+                f.write(f"{int(label)},{' '.join(map(str, image.flatten().tolist()))},{SPLIT_TO_USAGE[split]}\n")
 
 
 def write_image_folders(data, root):
@@ -186,17 +183,11 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--variant", choices=["fer2013", "affectnet"], default="fer2013")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", help="save a PNG grid of samples, one row per class")
     parser.add_argument("--write-csv", help="write the set as fer2013.csv (fer2013 variant)")
     parser.add_argument("--write-folders", help="write the set as Kaggle FER2013 image folders")
     args = parser.parse_args()
     data = make_builtin_dataset(args.seed, args.variant)
     print(data.source, data.sizes(), "classes:", ", ".join(data.class_names))
-    if args.grid:
-        from common.plots import image_grid
-        images, labels = data.splits["train"]
-        image_grid(images, labels, data.class_names, args.grid, title=data.source)
-        print("wrote", args.grid)
     if args.write_csv:
         write_fer2013_csv(data, args.write_csv)
         print("wrote", args.write_csv)

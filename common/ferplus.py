@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.classes import FER2013_CLASSES, FERPLUS_CLASSES
-from common.data import USAGE_TO_SPLIT, DataError, FaceData, _read_text, _split_row
+from common.facedata import (FER2013_CLASSES, FERPLUS_CLASSES, SPLIT_TO_USAGE, USAGE_TO_SPLIT, DataError, FaceData,
+                             read_text, split_fer2013_line)
 
 VOTE_COLUMNS = FERPLUS_CLASSES + ["unknown", "NF"]
 HEADER = ["Usage", "Image name"] + VOTE_COLUMNS
@@ -63,10 +63,10 @@ def read_ferplus_csv(path):
 
 def fer2013_usages(path):
     """The Usage of every row of a FER2013 CSV, in file order (what read_fer2013_csv splits by)."""
-    lines = _read_text(path).splitlines()
+    lines = read_text(path).splitlines()
     header = [name.strip().lower() for name in next(csv.reader([lines[0]]))]
     i_usage = header.index("usage") if "usage" in header else None
-    return [_split_row(line, len(header))[i_usage].strip() if i_usage is not None else "Training"
+    return [split_fer2013_line(line, len(header))[i_usage].strip() if i_usage is not None else "Training"
             for line in lines[1:] if line.strip()]
 
 
@@ -101,7 +101,7 @@ def apply_ferplus_labels(data, ferplus, ferplus_mode="majority"):
     fer_usages = np.array(fer_usages)
     splits, kept = {}, {}
     for split, (images, _) in data.splits.items():
-        rows = np.flatnonzero(fer_usages == {v: k for k, v in USAGE_TO_SPLIT.items()}[split])
+        rows = np.flatnonzero(fer_usages == SPLIT_TO_USAGE[split])
         assert len(rows) == len(images), "the parse cache is out of date with the CSV"
         soft = ferplus_mode == "probability" and split == "train"
         keep = named[rows] & (clear[rows] if soft else majority[rows])

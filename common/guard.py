@@ -1,10 +1,10 @@
-"""What keeps a user's work safe while a stage trains: checked flags, a locked run folder that is never
-silently replaced, --resume that only continues, a stop on a diverged loss, and Ctrl-C that saves.
+"""What keeps a user's work safe while a stage trains: checked flags, --resume that only continues,
+a stop on a diverged loss, and Ctrl-C that saves. The run folder's own safety (locked, never silently
+replaced) is in common/runfolder.py.
 
 Every stage's train.py calls these in the same few lines, so the lesson in train.py stays the recipe.
 """
 import argparse
-import atexit
 import math
 import os
 import signal
@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 from common.checkpoint import get_rng_states, load_checkpoint, require_course_keys, set_rng_states
-from common.runtime import UserError, default_run_dir
-
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv")  # a folder holding one of these holds a run
+from common.runfolder import release_run_folder
+from common.runtime import UserError
 RECIPE_FLAGS_A_RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "out", "tensorboard")
 
 
@@ -122,92 +121,6 @@ def check_same_classes(checkpoint, class_names):
     if checkpoint and list(checkpoint["class_names"]) != list(class_names):
         raise UserError(f"{checkpoint['resumed_from']}: was trained on the classes {checkpoint['class_names']}, "
                         f"but the data now has {class_names}; start a new run for these classes")
-
-
-# ---------------------------------------------------------------- the run folder
-
-def claim_run_folder(args, stage):
-    """The run folder, locked for this process: a new unique one, the resumed run's, or --out.
-
-    A folder that already holds a run is refused unless --resume continues that very run or
-    --overwrite is given. A lock file names this process, so a second run in the same folder stops
-    at once; it is removed when the process ends. Temporary files a killed save left are removed.
-    """
-    if not args.out and not args.resume:
-        out, created = default_run_dir(stage), True  # made here, so two runs started in the same second get two
-    else:
-        out = Path(args.out) if args.out else Path(args.resume).resolve().parent
-        created = not out.exists() or not any(out.iterdir())
-        out.mkdir(parents=True, exist_ok=True)
-    _lock(out, remove_if_unused=created)  # an empty folder is removed again if the run ends before writing to it
-    continuing = bool(args.resume) and Path(args.resume).resolve().parent == out.resolve()
-    holds_run = [name for name in RUN_FILES if (out / name).exists()]
-    if holds_run and not continuing and not args.overwrite:
-        release_run_folder(out)
-        raise UserError(f"{out}: already holds a run ({', '.join(holds_run)}); continue it with --resume "
-                        f"{out / 'last.pt'}, pick another --out, or pass --overwrite to replace it")
-    stale = sorted(out.glob(".*.tmp"))
-    for file in stale:
-        file.unlink()
-    if stale:
-        print(f"note: {out}: removed {len(stale)} unfinished temporary file(s) of a save that was cut short")
-    if continuing:
-        print(f"note: continuing the run in {out}")
-    elif holds_run:
-        for name in RUN_FILES + ("curves.png",):
-            (out / name).unlink(missing_ok=True)
-        print(f"note: --overwrite: replacing the run in {out}")
-    return out
-
-
-def _lock(folder, remove_if_unused):
-    lock = folder / ".lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            pid = _pid_in(lock)
-            if pid == os.getpid():  # this process (a test calling main() twice) already holds it
-                return
-            if pid is not None and _alive(pid):
-                raise UserError(f"{folder}: in use by another training run (PID {pid}); wait for it to end, "
-                                f"stop it, or pick another --out") from None
-            lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    atexit.register(_unlock, lock, os.getpid(), remove_if_unused)
-
-
-def release_run_folder(folder):
-    """Remove this process's lock on `folder` (at the end of main(); atexit does it after any other exit)."""
-    _unlock(Path(folder) / ".lock", os.getpid(), remove_if_unused=False)
-
-
-def _unlock(lock, pid, remove_if_unused):
-    if _pid_in(lock) == pid:
-        lock.unlink(missing_ok=True)
-        if remove_if_unused and not any(lock.parent.iterdir()):  # the run stopped before writing anything
-            lock.parent.rmdir()
-
-
-def _pid_in(lock):
-    try:
-        return int(lock.read_text().strip() or -1)
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid):
-    if os.name == "nt":  # signal 0 is not a liveness test on Windows; a stale lock there is removed by hand
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- stopping: signals and divergence

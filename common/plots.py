@@ -1,4 +1,5 @@
-"""Plot helpers that write PNG files (matplotlib without a display)."""
+"""Plot helpers that write PNG files (matplotlib without a display): the training curves, the
+confusion matrix, and the pieces the figures of the analysis package are built from."""
 from pathlib import Path
 
 import matplotlib
@@ -67,139 +68,8 @@ def plot_confusion(cm, class_names, path, title="", normalize=False):
     save_figure(fig, path)
 
 
-def image_grid(images, labels, class_names, path, per_class=8, title=""):
-    """A grid with one row per class: uint8 images (N, C, H, W) and their labels."""
-    images = np.asarray(images)
-    labels = np.asarray(labels)
-    fig, axes = plt.subplots(len(class_names), per_class, figsize=(per_class * 0.9, len(class_names) * 0.95))
-    for row, name in enumerate(class_names):
-        idx = np.flatnonzero(labels == row)[:per_class]
-        for col in range(per_class):
-            ax = axes[row, col]
-            ax.axis("off")
-            if col < len(idx):
-                img = images[idx[col]].transpose(1, 2, 0)
-                ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255)
-        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
-    save_figure(fig, path)
-
-
-def plot_class_counts(counts, class_names, path, title=""):
-    """A class histogram: one group of bars per class, one bar per split; counts = {split: [n per class]}."""
-    splits = list(counts)
-    x = np.arange(len(class_names))
-    width = 0.8 / max(len(splits), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(class_names), 3.6))
-    for k, split in enumerate(splits):
-        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, counts[split], width, label=split)
-        ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(x, class_names, rotation=30, ha="right")
-    ax.set_ylabel("images")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _face(ax, image):
-    """Show one uint8 (C, H, W) image without axes."""
-    img = np.asarray(image).transpose(1, 2, 0)
+def show_face(ax, image):
+    """One uint8 (C, H, W) image on `ax`, gray or colour, without axes."""
+    img = np.asarray(image).transpose(1, 2, 0)  # (H, W, C), as matplotlib wants it
     ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255)
     ax.axis("off")
-
-
-def plot_reliability(calib, path, title=""):
-    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
-    Bars below the diagonal mean over-confidence; the lower panel shows how many images each bin holds."""
-    bins = calib["bins"]
-    lower = np.array([b["lower"] for b in bins])
-    width = bins[0]["upper"] - bins[0]["lower"]
-    accuracy = np.array([b["accuracy"] for b in bins])
-    confidence = np.array([b["confidence"] for b in bins])
-    counts = np.array([b["count"] for b in bins])
-    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(4.6, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    filled = counts > 0
-    ax.bar(lower[filled], accuracy[filled], width, align="edge", edgecolor="black", label="accuracy")
-    ax.bar(lower[filled], confidence[filled] - accuracy[filled], width, bottom=accuracy[filled], align="edge",
-           color="red", alpha=0.3, edgecolor="red", hatch="//", label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfectly calibrated")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{title}\nexpected calibration error {calib['ece']:.3f}", fontsize=9)
-    ax_count.bar(lower, counts, width, align="edge", color="grey")
-    ax_count.set_xlabel("confidence (top probability)")
-    ax_count.set_ylabel("images")
-    ax_count.set_xlim(0, 1)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_mistakes(images, labels, preds, confidences, class_names, path, title="", cols=8):
-    """A grid of misclassified images, each captioned true -> predicted and the predicted probability."""
-    n = len(labels)
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.5 + 0.5), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            _face(ax, images[k])
-            ax.set_title(f"{class_names[int(labels[k])][:8]}\n-> {class_names[int(preds[k])][:8]} "
-                         f"{float(confidences[k]):.2f}", fontsize=7)
-    fig.suptitle(title if n else f"{title}: none", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_heatmap_grid(images, cams, labels, preds, confidences, class_names, path, per_class=6, title="",
-                      attention=None, kind="Grad-CAM"):
-    """One row per true class: faces with a heat map (0-1, jet) overlaid, captioned with the
-    prediction (red when wrong). `kind` names the maps (Grad-CAM, spatial attention). With
-    `attention` (maps like `cams`) each face gets a second panel with that map, side by side."""
-    panels = 1 if attention is None else 2
-    cols = per_class * panels
-    fig, axes = plt.subplots(len(class_names), cols, figsize=(cols * 1.05 + 1, len(class_names) * 1.2 + 0.6),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    labels = np.asarray(labels)
-    for row, name in enumerate(class_names):
-        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
-        for k, i in enumerate(np.flatnonzero(labels == row)[:per_class]):
-            maps = [(cams[i], kind)] + ([(attention[i], "attention")] if attention is not None else [])
-            for p, (heat, kind) in enumerate(maps):
-                ax = axes[row, k * panels + p]
-                _face(ax, images[i])
-                ax.imshow(np.asarray(heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-                caption = f"{class_names[int(preds[i])][:8]} {float(confidences[i]):.2f}" if p == 0 else kind
-                ax.set_title(caption, fontsize=7, color="black" if int(preds[i]) == row else "red")
-    kinds = f"{kind} (left) and attention map (right)" if attention is not None else kind
-    fig.suptitle(f"{title}\n{kinds}, scaled per face; rows: true class, caption: predicted, red: wrong", fontsize=9)
-    fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.35)
-    save_figure(fig, path)
-
-
-def plot_comparison(rows, path):
-    """Grouped bars per run: validation and (when evaluated) test accuracy and macro-F1."""
-    metrics = [("val_acc", "val accuracy"), ("val_f1", "val macro-F1"), ("test_acc", "test accuracy"),
-               ("test_f1", "test macro-F1")]
-    metrics = [(key, label) for key, label in metrics if any(r[key] is not None for r in rows)]
-    x = np.arange(len(rows))
-    width = 0.8 / len(metrics)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(rows), 4.0))
-    for k, (key, label) in enumerate(metrics):
-        values = [r[key] if r[key] is not None else 0 for r in rows]
-        bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, label=label)
-        ax.bar_label(bars, labels=[f"{v:.2f}" if r[key] is not None else "" for v, r in zip(values, rows)], fontsize=7)
-    ax.set_xticks(x, [f"{r['stage']}\n{r['data']}\n{r['run']}" for r in rows], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy / macro-F1")
-    ax.set_title("stages compared (validation: best epoch by macro-F1)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)

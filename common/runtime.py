@@ -1,23 +1,19 @@
 """Repo paths, seeding, device choice and loading a stage's sibling modules by path."""
 import importlib.util
-import os
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# UserError, the course's one error type, is defined in facedata.py, which every other module builds on,
+# so that any module can raise it; scripts import it from here, with the rest of what they need.
+from common.facedata import UserError  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"
 RUNS_DIR = REPO_ROOT / "runs"
-# Parse caches: FER_CACHE_DIR overrides (tests point it into a temporary folder).
-CACHE_DIR = Path(os.environ.get("FER_CACHE_DIR", REPO_ROOT / ".cache"))
-
-
-class UserError(Exception):
-    """Bad input from the user (a file, a flag). Scripts print its one-line message, no traceback."""
 
 
 def seed_everything(seed):
@@ -101,23 +97,6 @@ def import_sibling(script_file, module_name):
     sys.modules[unique_name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def default_run_dir(stage_name):
-    """A new, empty runs/<stage>/<timestamp>/ (resolved from the repo root, not the cwd), created here.
-
-    Creating a folder either succeeds or finds it taken, so two runs started in the same second get
-    <timestamp> and <timestamp>-2 instead of sharing one folder.
-    """
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        folder = RUNS_DIR / stage_name / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            continue
-    raise UserError(f"{RUNS_DIR / stage_name}: no free run folder name for {stamp}; pass --out")
 
 
 def count_parameters(model):

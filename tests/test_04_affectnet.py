@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.builtin_faces import make_builtin_dataset
 from common.checkpoint import load_checkpoint, read_metrics_csv
-from common.classes import AFFECTNET_CLASSES
+from common.facedata import AFFECTNET_CLASSES
 
 STAGE = "04_affectnet"
 
@@ -104,9 +104,9 @@ def test_eval_reports_eight_classes_on_the_test_folder(trained_run, capsys):
 
 
 def test_builtin_default_is_the_eight_class_colour_variant(monkeypatch, tmp_path, capsys):
-    import common.builtin_faces as builtin
-    small = builtin.make_builtin_dataset
-    monkeypatch.setattr(builtin, "make_builtin_dataset", lambda **kw: small(**kw, sizes=(96, 32, 8)))  # 96px is slow to draw
+    import common.data as data_lib
+    small = data_lib.make_builtin_dataset
+    monkeypatch.setattr(data_lib, "make_builtin_dataset", lambda **kw: small(**kw, sizes=(96, 32, 8)))  # 96px is slow to draw
     train = load_stage_module(STAGE, "train")
     monkeypatch.setattr(train, "find_default_affectnet", lambda: None)  # as on a machine without data/affectnet/
     history = train.main(["--epochs", "1", "--image-size", "32", "--out", str(tmp_path)])

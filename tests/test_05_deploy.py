@@ -22,8 +22,8 @@ from PIL import Image  # noqa: E402
 
 from common.builtin_faces import make_builtin_dataset  # noqa: E402
 from common.checkpoint import best_shipped_model, save_checkpoint  # noqa: E402
-from common.classes import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING  # noqa: E402
 from common.data import ImageDataset, eval_transform, load_data  # noqa: E402
+from common.facedata import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING  # noqa: E402
 from common.runtime import UserError, import_sibling  # noqa: E402
 
 DEPLOY = REPO / "05_deploy"

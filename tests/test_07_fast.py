@@ -9,8 +9,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from common.checkpoint import load_checkpoint, read_metrics_csv
-from common.classes import PREPROCESSING
 from common.data import eval_transform
+from common.facedata import PREPROCESSING
 from common.distributed import WeightedDistributedSampler
 from common.runtime import cpu_has_bf16, pick_amp_dtype
 

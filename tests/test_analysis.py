@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common import explore as explore_lib
+from analysis import explore as explore_lib
 from common.data import load_data
 
 
@@ -83,7 +83,7 @@ LABELS = torch.tensor([0, 1, 1, 2, 0])
 
 
 def test_confusion_and_calibration_match_hand_computed_values(tmp_path):
-    from common.analysis import calibration, most_confident_mistakes, write_eval_figures
+    from analysis.calibration import calibration, most_confident_mistakes, write_eval_figures
     from common.metrics import confusion_matrix
     preds = PROBS.argmax(1)
     assert confusion_matrix(LABELS, preds, 3).tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 1]]
@@ -102,7 +102,7 @@ def test_confusion_and_calibration_match_hand_computed_values(tmp_path):
 
 
 def test_a_perfectly_calibrated_set_has_zero_ece():
-    from common.analysis import calibration
+    from analysis.calibration import calibration
     probs = torch.tensor([[0.75, 0.25]] * 4)  # says 75%, right 3 times out of 4
     assert calibration(probs, torch.tensor([0, 0, 0, 1]))["ece"] == pytest.approx(0.0)
 
@@ -110,7 +110,7 @@ def test_a_perfectly_calibrated_set_has_zero_ece():
 # ---------------------------------------------------------------- ten-crop
 
 def test_ten_crops_shape_mirrors_and_centre():
-    from common.analysis import ten_crops
+    from analysis.tencrop import ten_crops
     images = torch.randn(2, 1, 48, 48)
     crops = ten_crops(images)
     assert crops.shape == (2, 10, 1, 48, 48)
@@ -120,7 +120,7 @@ def test_ten_crops_shape_mirrors_and_centre():
 
 
 def test_evaluate_tencrop_averages_the_crops():
-    from common.analysis import evaluate_tencrop, ten_crops
+    from analysis.tencrop import evaluate_tencrop, ten_crops
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
     images, labels = torch.randn(5, 1, 48, 48), torch.tensor([0, 1, 2, 0, 1])
@@ -159,7 +159,7 @@ class TinyAttentionNet(torch.nn.Module):
 
 
 def test_gradcam_targets_the_last_feature_conv_not_the_attention_convs():
-    from common.analysis import find_gradcam_layer
+    from analysis.heatmaps import find_gradcam_layer
     model = TinyAttentionNet()
     assert find_gradcam_layer(model, (1, 16, 16)) is model.conv2
     model.gradcam_layer = "conv1"  # a model may name its own target
@@ -167,7 +167,7 @@ def test_gradcam_targets_the_last_feature_conv_not_the_attention_convs():
 
 
 def test_gradcam_survives_an_inplace_relu_after_the_conv():
-    from common.analysis import grad_cam
+    from analysis.heatmaps import grad_cam
     torch.manual_seed(0)
     model, images = TinyAttentionNet(inplace=False), torch.randn(3, 1, 16, 16)
     inplace = TinyAttentionNet(inplace=True)
@@ -179,14 +179,14 @@ def test_gradcam_survives_an_inplace_relu_after_the_conv():
 
 
 def test_gradcam_grid_puts_attention_beside_gradcam(monkeypatch, tmp_path, tiny_faces):
-    from common import analysis
-    from common.classes import PREPROCESSING
-    from common.plots import plot_heatmap_grid
+    from analysis import heatmaps
+    from analysis.heatmaps import plot_heatmap_grid
+    from common.facedata import PREPROCESSING
     images, labels = tiny_faces.splits["train"]
     seen = {}
-    monkeypatch.setattr(analysis, "plot_heatmap_grid", lambda *a, **kw: seen.update(kw, images=a[0]))
+    monkeypatch.setattr(heatmaps, "plot_heatmap_grid", lambda *a, **kw: seen.update(kw, images=a[0]))
     model = TinyAttentionNet()
-    analysis.write_gradcam(model, images, labels, tiny_faces.class_names, PREPROCESSING["fer2013"],
+    heatmaps.write_gradcam(model, images, labels, tiny_faces.class_names, PREPROCESSING["fer2013"],
                            torch.device("cpu"), tmp_path / "unused.png", per_class=2)
     attention = seen["attention"]
     assert attention.shape == (len(seen["images"]), 48, 48)
@@ -211,7 +211,7 @@ def trained_baseline(faces_csv, tmp_path_factory):
 
 def test_eval_writes_analysis_tencrop_and_gradcam(trained_baseline, small_faces, capsys):
     from conftest import load_stage_module
-    from common.analysis import grad_cam
+    from analysis.heatmaps import grad_cam
     from common.checkpoint import load_checkpoint
     from common.data import eval_transform
     eval_lib = load_stage_module("01_baseline", "eval")
@@ -241,7 +241,7 @@ def fake_run(folder, epochs, seconds, data, test=None):
     """A run folder as 01_baseline/train.py leaves it, with an untrained model (no training needed)."""
     from conftest import load_stage_module
     from common.checkpoint import save_checkpoint, write_json, write_metrics_csv
-    from common.classes import FER2013_CLASSES, PREPROCESSING
+    from common.facedata import FER2013_CLASSES, PREPROCESSING
     config = {**vars(load_stage_module("01_baseline", "train").get_args([])[0]), "data": data, "epochs": epochs}
     write_json(folder / "config.json", config)
     history = [{"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.3 + 0.1 * e,
@@ -257,7 +257,7 @@ def fake_run(folder, epochs, seconds, data, test=None):
 
 
 def test_compare_lists_every_run_with_its_numbers(tmp_path, capsys):
-    from common import compare
+    from analysis import compare
     runs = tmp_path / "runs" / "01_baseline"
     a = fake_run(runs / "a", epochs=3, seconds=10.0, data="builtin", test=(0.612, 0.5432))
     b = fake_run(runs / "b", epochs=4, seconds=6.0, data="/data/fer2013.csv")
@@ -275,6 +275,6 @@ def test_compare_lists_every_run_with_its_numbers(tmp_path, capsys):
 
 
 def test_compare_with_no_run_folder_is_a_one_line_error(run, tmp_path):
-    result = run("-m", "common.compare", tmp_path, "--out", tmp_path / "c.png")
+    result = run("-m", "analysis.compare", tmp_path, "--out", tmp_path / "c.png")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: none of the 1 folder(s)")

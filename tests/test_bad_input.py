@@ -26,7 +26,7 @@ SERVER = textwrap.dedent(r'''
     import numpy, PIL.Image, torch, torchvision, tqdm  # imported once; every case runs in a fork of this process
     import torchvision.transforms.v2
     sys.path.insert(0, os.getcwd())
-    import common.data, common.guard, common.plots, common.analysis, common.metrics  # the course's own, too
+    import common.data, common.guard, common.plots, common.metrics, analysis.calibration, analysis.heatmaps  # ours, too
     for line in sys.stdin:
         case = json.loads(line)
         pid = os.fork()
@@ -219,8 +219,8 @@ CASES = [
     ("webcam max frames negative", W, "--model {run}/best.pt --max-frames -1", 2, "argument --max-frames: -1"),
     ("webcam camera negative", W, "--model {run}/best.pt --camera -2", 2, "argument --camera: -2"),
     ("webcam NaN weights", W, "--model {bad}/nan.pt --no-window", 1, "{bad}/nan.pt: ... weights are NaN or infinite (the run that saved it diverged)"),
-    ("explore per class 0", "common/explore.py", "--per-class 0", 2, "argument --per-class: 0"),
-    ("explore out is a file", "common/explore.py", "--out {bad}/a_file", 2, "argument --out: {bad}/a_file is a file"),
+    ("explore per class 0", "analysis/explore.py", "--per-class 0", 2, "argument --per-class: 0"),
+    ("explore out is a file", "analysis/explore.py", "--out {bad}/a_file", 2, "argument --out: {bad}/a_file is a file"),
 ]
 
 

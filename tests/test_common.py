@@ -12,8 +12,9 @@ from PIL import Image
 
 from common import checkpoint as ckpt
 from common.builtin_faces import make_builtin_dataset, make_faces
-from common.classes import FER2013_CLASSES
-from common.data import DataError, load_data, read_fer2013_csv, read_fer2013_folders, stratified_split
+from common.data import load_data
+from common.facedata import FER2013_CLASSES, DataError, stratified_split
+from common.fer2013 import read_fer2013_csv, read_fer2013_folders
 from common.metrics import classification_report, confusion_matrix
 from common.runtime import UserError, seed_everything
 
@@ -160,7 +161,7 @@ def test_a_bom_csv_reads_like_a_plain_one(fer_csv, tmp_path):
 
 
 def test_skipped_files_are_reported_again_from_the_cache(fer_folders, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("common.data.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr("common.facedata.CACHE_DIR", tmp_path / "cache")
     (fer_folders / "train" / "happy" / "Training_notes.jpg").write_text("not an image")
     for _ in range(2):  # parsed, then from the cache
         load_data(fer_folders)
@@ -169,7 +170,7 @@ def test_skipped_files_are_reported_again_from_the_cache(fer_folders, tmp_path, 
 
 
 def test_a_damaged_cache_is_rebuilt_with_a_notice(fer_csv, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("common.data.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr("common.facedata.CACHE_DIR", tmp_path / "cache")
     first = load_data(fer_csv)
     cache = next((tmp_path / "cache").glob("*.npz"))
     cache.write_bytes(cache.read_bytes()[:200])  # truncated

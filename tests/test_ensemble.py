@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, load_stage_module
 from PIL import Image
 
-from common.analysis import evaluate_tencrop
+from analysis.tencrop import evaluate_tencrop
 from common.builtin_faces import make_builtin_dataset
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import ImageDataset, eval_transform, load_data

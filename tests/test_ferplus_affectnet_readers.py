@@ -6,8 +6,8 @@ from PIL import Image
 
 from common.affectnet import is_affectnet_tree, read_affectnet
 from common.builtin_faces import make_builtin_dataset
-from common.classes import AFFECTNET_CLASSES, FERPLUS_CLASSES
-from common.data import DataError, load_data
+from common.data import load_data
+from common.facedata import AFFECTNET_CLASSES, FERPLUS_CLASSES, DataError
 from common.ferplus import VOTE_COLUMNS, apply_ferplus_labels
 
 # ---------------------------------------------------------------- AffectNet
@@ -163,9 +163,9 @@ def test_load_data_dispatches_and_caches_but_still_prints_counts(tmp_path, capsy
 
 
 def test_builtin_affectnet_variant_through_load_data(monkeypatch):
-    import common.builtin_faces as builtin
-    small = builtin.make_builtin_dataset
-    monkeypatch.setattr(builtin, "make_builtin_dataset", lambda **kw: small(**kw, sizes=(400, 8, 8)))  # drawing 96px is slow
+    import common.data as data_lib
+    small = data_lib.make_builtin_dataset
+    monkeypatch.setattr(data_lib, "make_builtin_dataset", lambda **kw: small(**kw, sizes=(400, 8, 8)))  # drawing 96px is slow
     data = load_data("builtin-affectnet")
     assert data.class_names == AFFECTNET_CLASSES and data.preprocessing["channels"] == 3
     images, labels = data.splits["train"]

@@ -11,7 +11,7 @@ from conftest import REPO
 
 from common.builtin_faces import make_builtin_dataset, write_fer2013_csv
 from common.checkpoint import load_checkpoint, read_metrics_csv
-from common.guard import claim_run_folder
+from common.runfolder import claim_run_folder
 from common.runtime import UserError
 
 STAGE = "01_baseline"
@@ -126,8 +126,8 @@ def test_a_run_folder_is_refused_continued_or_replaced_only_on_request(small_csv
 
 
 def test_default_run_folders_are_unique_and_stale_temporary_files_go(tmp_path, monkeypatch):
-    import common.runtime as runtime
-    monkeypatch.setattr(runtime, "RUNS_DIR", tmp_path / "runs")
+    import common.runfolder as runfolder
+    monkeypatch.setattr(runfolder, "RUNS_DIR", tmp_path / "runs")
     args = type("Args", (), {"out": None, "resume": None, "overwrite": False})
     first, second = claim_run_folder(args, "00_test"), claim_run_folder(args, "00_test")
     assert first != second and first.parent == second.parent  # the same second, two folders

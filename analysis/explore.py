@@ -1,13 +1,13 @@
 """Look at a data set before training on it: class counts, imbalance, duplicates, pixel statistics.
 
-    python -m common.explore                                   # the built-in drawn faces
-    python -m common.explore --data data/fer2013.csv --out runs/explore/fer2013
-    python -m common.explore --data data/affectnet      # any layout load_data reads, or builtin-affectnet
+    python -m analysis.explore                                   # the built-in drawn faces
+    python -m analysis.explore --data data/fer2013.csv --out runs/explore/fer2013
+    python -m analysis.explore --data data/affectnet      # any layout load_data reads, or builtin-affectnet
 
 The data-exploration notebook of the source write-ups did this for FER2013 and found a 16.6:1 imbalance
 (happy against disgust), 1,236 duplicate images and a pixel mean of 131.0 +- 64.3. Those three
 facts shape everything after: macro-F1 beside accuracy, a test split that must not share images
-with train, and the normalisation constants in common/classes.py.
+with train, and the normalisation constants in common/facedata.py.
 
 Writes <out>/explore.json, <out>/class_counts.png (a histogram per split) and <out>/samples.png
 (a grid of training images, one row per class).
@@ -15,7 +15,7 @@ Writes <out>/explore.json, <out>/class_counts.png (a histogram per split) and <o
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python common/explore.py`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python analysis/explore.py`
 
 import argparse
 import hashlib
@@ -26,7 +26,7 @@ import numpy as np
 from common.checkpoint import write_json
 from common.data import load_data
 from common.guard import output_dir, positive_int
-from common.plots import image_grid, plot_class_counts
+from common.plots import plt, save_figure, show_face  # plt: pyplot set to write files only
 from common.runtime import RUNS_DIR, UserError
 
 
@@ -77,12 +77,48 @@ def find_duplicates(data):
 
 def pixel_stats(data):
     """Mean and standard deviation of the pixel values (0-255) per split, over all channels
-    together; the training split's are the ones to normalise with (common/classes.py)."""
+    together; the training split's are the ones to normalise with (common/facedata.py)."""
     stats = {}
     for split, (images, _) in data.splits.items():
         pixels = images.double()
         stats[split] = {"mean": pixels.mean().item(), "std": pixels.std().item()}
     return stats
+
+
+def plot_class_counts(counts, class_names, path, title=""):
+    """A class histogram: one group of bars per class, one bar per split; counts = {split: [n per class]}."""
+    splits = list(counts)
+    x = np.arange(len(class_names))
+    width = 0.8 / max(len(splits), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(class_names), 3.6))
+    for k, split in enumerate(splits):
+        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, counts[split], width, label=split)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(x, class_names, rotation=30, ha="right")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def image_grid(images, labels, class_names, path, per_class=8, title=""):
+    """A grid with one row per class: uint8 images (N, C, H, W) and their labels."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(len(class_names), per_class, figsize=(per_class * 0.9, len(class_names) * 0.95))
+    for row, name in enumerate(class_names):
+        idx = np.flatnonzero(labels == row)[:per_class]
+        for col in range(per_class):
+            axes[row, col].axis("off")
+            if col < len(idx):
+                show_face(axes[row, col], images[idx[col]])
+        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
+    save_figure(fig, path)
 
 
 def explore(data):

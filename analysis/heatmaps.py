@@ -1,108 +1,17 @@
-"""Looking past accuracy: calibration, the most confident mistakes, ten-crop testing and Grad-CAM.
+"""Where a model looks: Grad-CAM heat maps, and the spatial attention of a model that has it.
 
-Every stage's eval.py calls these, so the numbers and pictures mean the same in every stage:
-
-    calibration(probs, labels)        expected calibration error (ECE) and reliability-diagram bins
-    most_confident_mistakes(...)      the wrong predictions the model was surest of
-    ten_crops / evaluate_tencrop      test-time augmentation: average ten views of every face
-    grad_cam(model, images)           where the model looked, from plain PyTorch hooks
+    grad_cam(model, images)           where the evidence for a class lies, from plain PyTorch hooks
+    attention_maps(model, batch)      03_attention's CBAM maps, at the input's size
+    write_gradcam / write_attention   gradcam.png and attention.png, as eval.py writes them
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.data import eval_transform
-from common.metrics import classification_report
-from common.plots import plot_confusion, plot_heatmap_grid, plot_mistakes, plot_reliability
+from common.plots import plt, save_figure, show_face  # plt: pyplot set to write files only
 
-
-# ---------------------------------------------------------------- calibration
-
-def calibration(probs, labels, n_bins=15):
-    """Bin the predictions by confidence (the top probability) into `n_bins` equal-width bins.
-
-    A calibrated model is right 70% of the time when it says 70%. ECE is the gap between
-    accuracy and confidence in each bin, weighted by the share of images in the bin:
-    ECE = sum_b n_b / N * |acc_b - conf_b|. Bin b holds confidences in (b/n, (b+1)/n].
-    """
-    probs, labels = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels)
-    confidence, preds = probs.max(dim=1)
-    correct = (preds == labels).double()
-    index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        mask = index == b
-        count = int(mask.sum())
-        accuracy = correct[mask].mean().item() if count else 0.0
-        mean_conf = confidence[mask].mean().item() if count else 0.0
-        ece += count / len(labels) * abs(accuracy - mean_conf)
-        bins.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": count,
-                     "accuracy": accuracy, "confidence": mean_conf})
-    return {"ece": ece, "bins": bins}
-
-
-def most_confident_mistakes(probs, labels, k=24):
-    """Indices of the wrong predictions, surest first: often label noise, sometimes a real blind spot."""
-    confidence, preds = torch.as_tensor(probs).max(dim=1)
-    wrong = torch.nonzero(preds != torch.as_tensor(labels)).flatten()
-    return wrong[confidence[wrong].argsort(descending=True)][:k]
-
-
-def write_eval_figures(out, images, result, class_names, title):
-    """The pictures eval.py adds beside confusion.png; returns the numbers for report.json."""
-    report = classification_report(result["labels"], result["preds"], class_names)
-    plot_confusion(report["confusion_matrix"], class_names, out / "confusion_normalized.png",
-                   title=f"{title}\nrow-normalised: recall on the diagonal", normalize=True)
-    calib = calibration(result["probs"], result["labels"])
-    plot_reliability(calib, out / "reliability.png", title=title)
-    worst = most_confident_mistakes(result["probs"], result["labels"])
-    confidence, preds = result["probs"].max(dim=1)
-    plot_mistakes(images[worst], result["labels"][worst], preds[worst], confidence[worst], class_names,
-                  out / "mistakes.png", title=f"{title}: most confident mistakes")
-    return {"ece": calib["ece"], "calibration_bins": calib["bins"]}
-
-
-# ---------------------------------------------------------------- ten-crop
-
-def ten_crops(images, zoom=1.1):
-    """(B, C, S, S) -> (B, 10, C, S, S): four corners and the centre of the image enlarged by `zoom`,
-    and the mirror image of each.
-
-    The classic FER2013 recipe trains on random 44x44 crops of the 48x48 faces and tests on ten
-    44x44 crops. Our models take the full 48x48 (01_baseline's classifier is sized for it), so
-    instead the image is enlarged by 10% (48 -> 53) and ten 48x48 windows are cut from that: the
-    same shifts (about +-2.5 pixels) and zoom that training-time augmentation produces (02_deeper's
-    RandomAffine: translate 10%, scale 0.9-1.1, flips), without changing the size the model sees.
-    A model trained without such augmentation (01_baseline) may not gain, or may even lose.
-    """
-    size = images.shape[-1]
-    big = round(size * zoom)
-    enlarged = F.interpolate(images, size=(big, big), mode="bilinear", align_corners=False, antialias=False)
-    m, c = big - size, (big - size) // 2  # last valid offset, centre offset
-    crops = [enlarged[..., y:y + size, x:x + size] for y, x in [(0, 0), (0, m), (m, 0), (m, m), (c, c)]]
-    crops += [crop.flip(-1) for crop in crops]  # a mirrored face keeps its expression
-    return torch.stack(crops, dim=1)
-
-
-@torch.no_grad()
-def evaluate_tencrop(model, loader, device):
-    """Like eval.evaluate, but each image's class probabilities are the mean over its ten crops."""
-    model.eval()
-    all_labels, all_probs = [], []
-    for images, labels in loader:
-        crops = ten_crops(images.to(device))  # (B, 10, C, S, S)
-        logits = model(crops.flatten(0, 1))  # (B * 10, K)
-        all_probs.append(logits.softmax(dim=1).view(len(images), 10, -1).mean(dim=1).cpu())
-        all_labels.append(labels)
-    labels, probs = torch.cat(all_labels), torch.cat(all_probs)
-    preds = probs.argmax(dim=1)
-    report = classification_report(labels, preds, list(range(probs.shape[1])))
-    loss = F.nll_loss(probs.clamp(min=1e-12).log(), labels).item()
-    return {"loss": loss, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-            "labels": labels, "preds": preds, "probs": probs}
-
-
-# ---------------------------------------------------------------- Grad-CAM
 
 def find_gradcam_layer(model, image_shape):
     """The model's `gradcam_layer` (a module or its name) if it names one, else the last Conv2d
@@ -183,6 +92,7 @@ def attention_maps(model, batch):
 
 
 def _faces_per_class(images, labels, class_names, preprocessing, device, per_class):
+    """The indices of `per_class` faces of every class, and those faces as one normalised batch."""
     index = pick_per_class(labels, len(class_names), per_class)
     transform = eval_transform(preprocessing)
     return index, torch.stack([transform(image) for image in images[index]]).to(device)
@@ -209,3 +119,31 @@ def write_attention(model, images, labels, class_names, preprocessing, device, p
     confidence, preds = model(batch).softmax(dim=1).max(dim=1)
     plot_heatmap_grid(images[index], attention_maps(model, batch), labels[index], preds.cpu(), confidence.cpu(),
                       class_names, path, per_class=per_class, title=title, kind="spatial attention")
+
+
+def plot_heatmap_grid(images, cams, labels, preds, confidences, class_names, path, per_class=6, title="",
+                      attention=None, kind="Grad-CAM"):
+    """One row per true class: faces with a heat map (0-1, jet) overlaid, captioned with the
+    prediction (red when wrong). `kind` names the maps (Grad-CAM, spatial attention). With
+    `attention` (maps like `cams`) each face gets a second panel with that map, side by side."""
+    panels = 1 if attention is None else 2
+    cols = per_class * panels
+    fig, axes = plt.subplots(len(class_names), cols, figsize=(cols * 1.05 + 1, len(class_names) * 1.2 + 0.6),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    labels = np.asarray(labels)
+    for row, name in enumerate(class_names):
+        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
+        for k, i in enumerate(np.flatnonzero(labels == row)[:per_class]):
+            maps = [(cams[i], kind)] + ([(attention[i], "attention")] if attention is not None else [])
+            for p, (heat, map_kind) in enumerate(maps):
+                ax = axes[row, k * panels + p]
+                show_face(ax, images[i])
+                ax.imshow(np.asarray(heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                caption = f"{class_names[int(preds[i])][:8]} {float(confidences[i]):.2f}" if p == 0 else map_kind
+                ax.set_title(caption, fontsize=7, color="black" if int(preds[i]) == row else "red")
+    kinds = f"{kind} (left) and attention map (right)" if attention is not None else kind
+    fig.suptitle(f"{title}\n{kinds}, scaled per face; rows: true class, caption: predicted, red: wrong", fontsize=9)
+    fig.subplots_adjust(left=0.1, wspace=0.05, hspace=0.35)
+    save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Compare finished runs side by side: a Markdown table and a bar chart.
 
-    python -m common.compare runs/*/*                         # every run folder
-    python -m common.compare runs/01_baseline/a runs/02_deeper/b --out docs/compare.png
+    python -m analysis.compare runs/*/*                         # every run folder
+    python -m analysis.compare runs/01_baseline/a runs/02_deeper/b --out docs/compare.png
 
 Reads each run folder as train.py and eval.py leave it: config.json (data, recipe), metrics.csv
 (one row per epoch), best.pt (stage, model) and, when present, eval_test/report.json (the test
@@ -11,13 +11,15 @@ flags that differ from that stage's defaults), so every row of a results table s
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python common/compare.py`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python analysis/compare.py`
 
 import argparse
 import json
 
+import numpy as np
+
 from common.checkpoint import load_checkpoint, read_metrics_csv
-from common.plots import plot_comparison
+from common.plots import plt, save_figure  # plt: pyplot set to write files only
 from common.runtime import REPO_ROOT, RUNS_DIR, UserError, count_parameters, import_sibling
 
 NOT_RECIPE = {"data", "out", "resume", "device", "num_workers", "tensorboard", "wandb"}  # flags that do not change results
@@ -103,6 +105,28 @@ def markdown_table(rows):
                      f"| {percent(r['val_acc'])} | {f1(r['val_f1'])} | {percent(r['test_acc'])} | {f1(r['test_f1'])} "
                      f"| {r['s_per_epoch']:.1f} | {r['img_per_s']:.0f} | `{r['command']}` |")
     return "\n".join(lines)
+
+
+def plot_comparison(rows, path):
+    """Grouped bars per run: validation and (when evaluated) test accuracy and macro-F1."""
+    metrics = [("val_acc", "val accuracy"), ("val_f1", "val macro-F1"), ("test_acc", "test accuracy"),
+               ("test_f1", "test macro-F1")]
+    metrics = [(key, label) for key, label in metrics if any(r[key] is not None for r in rows)]
+    x = np.arange(len(rows))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(rows), 4.0))
+    for k, (key, label) in enumerate(metrics):
+        values = [r[key] if r[key] is not None else 0 for r in rows]
+        bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, label=label)
+        ax.bar_label(bars, labels=[f"{v:.2f}" if r[key] is not None else "" for v, r in zip(values, rows)], fontsize=7)
+    ax.set_xticks(x, [f"{r['stage']}\n{r['data']}\n{r['run']}" for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy / macro-F1")
+    ax.set_title("stages compared (validation: best epoch by macro-F1)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def main(argv=None):
