@@ -3,7 +3,7 @@ stage's train.py and model.py. The imports run one way: each module imports only
 listed above it (tests/test_imports.py checks it):
 
     facedata.py       class tables, errors, FaceData, split rules, image decoding, parse cache
-    fer2013.py, ferplus.py, affectnet.py, builtin_faces.py
+    fer2013.py, ferplus.py, affectnet.py, affectnet_yolo.py, builtin_faces.py
                       the readers; each imports only facedata.py
     runtime.py        repo paths, seeding, devices, loading a stage's own model.py and eval.py
     data.py           load_data() picks a reader; the eval transform and the Dataset

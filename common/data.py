@@ -6,6 +6,8 @@
   * The Kaggle FER2013 image folders: train/<class>/Training_*.jpg and
     test/<class>/{PublicTest,PrivateTest}_*.jpg: common/fer2013.py.
   * The Kaggle AffectNet tree: Train/ and Test/ class folders and/or labels.csv: common/affectnet.py.
+  * AffectNet in the "YOLO format" layout: data.yaml beside train|valid|test/{images,labels}:
+    common/affectnet_yolo.py.
   * None or "builtin": the drawn faces of common/builtin_faces.py (no download needed);
     "builtin-affectnet": their 8-class 96x96 colour variant.
   * labels="ferplus" relabels a FER2013 CSV with FER+'s crowd votes: common/ferplus.py.
@@ -27,6 +29,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from common.affectnet import is_affectnet_tree, read_affectnet
+from common.affectnet_yolo import is_yolo_tree, read_yolo
 from common.builtin_faces import make_builtin_dataset
 from common.facedata import DataError, cached, ensure_val_split, file_fingerprint, folder_fingerprint, image_to_array
 from common.fer2013 import read_fer2013_csv, read_fer2013_folders
@@ -45,10 +48,11 @@ def find_default_data():
 
 
 def find_default_affectnet():
-    """data/affectnet/ (or data/AffectNet/) when it holds an AffectNet tree."""
-    for name in ("affectnet", "AffectNet"):
-        if is_affectnet_tree(DATA_DIR / name):
-            return DATA_DIR / name
+    """data/affectnet/ (or data/AffectNet/) holding an AffectNet tree, or data/YOLO_format/."""
+    for name in ("affectnet", "AffectNet", "YOLO_format"):
+        path = DATA_DIR / name
+        if is_yolo_tree(path) or is_affectnet_tree(path):
+            return path
     return None
 
 
@@ -69,7 +73,12 @@ def load_data(path=None, seed=0, val_fraction=0.1, use_cache=True, labels="fer20
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; give --data a FER2013 CSV (.csv/.csv.gz) "
                         f"or an image-folder tree, or leave --data out to use the built-in faces")
-    if is_affectnet_tree(path):
+    if is_yolo_tree(path):
+        if min_relfc is not None:
+            raise DataError(f"{path}: --min-relfc needs relFCs scores, and a YOLO-format tree "
+                            f"(data.yaml + labels/*.txt) has none; drop --min-relfc")
+        data = read_yolo(path, use_cache)
+    elif is_affectnet_tree(path):
         data = read_affectnet(path, seed, val_fraction, use_cache, min_relfc)
     elif min_relfc is not None:
         raise DataError(f"{path}: --min-relfc needs an AffectNet tree whose labels.csv has a relFCs column")

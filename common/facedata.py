@@ -2,9 +2,8 @@
 the split rules, image decoding and the parse cache.
 
 This module imports nothing from the rest of the course. Each reader (fer2013.py, ferplus.py,
-affectnet.py, builtin_faces.py) imports it and nothing else of ours, and data.py, which picks a
-reader for --data, imports the readers: the imports run one way, so none of them has to be
-delayed into a function to avoid a cycle.
+affectnet.py, affectnet_yolo.py, builtin_faces.py) imports it and nothing else of ours, and
+data.py, which picks a reader for --data, imports the readers: the imports run one way.
 
 Splits everywhere: Training -> "train", PublicTest -> "val", PrivateTest -> "test". Where a
 source has no validation split, a seeded, stratified 10% of train becomes "val".
@@ -72,6 +71,7 @@ class FaceData:
     preprocessing: dict = field(default_factory=lambda: dict(PREPROCESSING["fer2013"]))
     source: str = ""
     skipped: list = field(default_factory=list)  # (file, why) for every file a reader could not use
+    files: dict = field(default_factory=dict)  # split -> each image's file, where a reader knows it
 
     def split(self, name):
         if name not in self.splits and self.class_names == list(FER2013_CLASSES):
@@ -118,6 +118,7 @@ def ensure_val_split(data, val_fraction=0.1, seed=0):
     if "test" in data.splits:
         splits["test"] = data.splits["test"]
     data.splits = splits
+    data.files = {split: files for split, files in data.files.items() if split == "test"}
     note_carved_val(data.source, val_fraction, seed)
     return data
 
