@@ -18,6 +18,7 @@ import torch
 
 from common.checkpoint import best_shipped_model, load_checkpoint
 from common.data import preprocess_face
+from common.facedata import FER2013_CLASSES
 from common.runtime import REPO_ROOT, UserError, import_sibling
 
 INSTALL_HINT = "pip install -r 05_deploy/requirements.txt"
@@ -40,10 +41,10 @@ def require(module, package):
 # ---------------------------------------------------------------- the classifier
 
 def choose_model(path):
-    """--model as given, or else the most accurate model in weights/, saying which."""
+    """--model as given, or else the most accurate FER2013 model in weights/, saying which."""
     if path:
         return path
-    path, entry = best_shipped_model()
+    path, entry = best_shipped_model(FER2013_CLASSES)  # 04's AffectNet model scores another test
     if path is None:
         raise UserError("no --model given and no shipped weights in weights/; pass a run's best.pt or a .onnx")
     print(f"model: {path.relative_to(REPO_ROOT)} (the most accurate shipped model: {entry['stage']}, "

@@ -61,3 +61,19 @@ def format_confusion(cm, class_names):
     for name, row in zip(short, cm):
         lines.append(f"{name:>11} " + " ".join(f"{int(v):7d}" for v in row))
     return "\n".join(lines)
+
+
+def prediction_rows(result, class_names, files=None):
+    """One dict per image (its file where the reader knows it, true class, predicted class,
+    confidence), for predictions.csv: the table to sort, filter and group mistakes by."""
+    confidence = result["probs"].max(dim=1).values.tolist()
+    rows = []
+    for i, (label, pred) in enumerate(zip(result["labels"].tolist(), result["preds"].tolist())):
+        rows.append({
+            "index": i,
+            "file": files[i] if files else "",
+            "label": class_names[label],
+            "prediction": class_names[pred],
+            "confidence": round(confidence[i], 4),
+        })
+    return rows

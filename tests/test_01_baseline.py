@@ -66,6 +66,9 @@ def test_eval_reports_table_confusion_and_json(trained_run, capsys):
     assert cm.sum() == 120 and saved["split"] == "test"
     assert saved["accuracy"] == pytest.approx(cm.diag().sum().item() / 120) == pytest.approx(report["accuracy"])
     assert [row["support"] for row in saved["per_class"]] == cm.sum(1).tolist()
+    rows = read_metrics_csv(out / "eval_test" / "predictions.csv")  # one row per test image
+    assert len(rows) == 120
+    assert sum(row["label"] == row["prediction"] for row in rows) == cm.diag().sum().item()
 
 
 def test_checkpoint_round_trip_gives_the_same_predictions(trained_run, small_faces):

@@ -154,3 +154,31 @@ def test_the_default_affectnet_folder_can_be_the_yolo_tree(tmp_path, monkeypatch
     assert find_default_affectnet() is None
     make_yolo_tree(tmp_path / "YOLO_format", per_class=1)
     assert find_default_affectnet() == tmp_path / "YOLO_format"
+
+
+def test_04_trains_on_a_yolo_tree_and_eval_names_each_test_file(tmp_path, run):
+    from common.builtin_faces import make_builtin_dataset
+    faces = make_builtin_dataset(seed=2, variant="affectnet", sizes=(160, 48, 48))
+    root = tmp_path / "YOLO_format"
+    (root / "data.yaml").parent.mkdir(parents=True)
+    (root / "data.yaml").write_text(DATA_YAML)
+    for split, folder in (("train", "train"), ("val", "valid"), ("test", "test")):
+        images, labels = faces.splits[split]
+        for i, (image, label) in enumerate(zip(images, labels.tolist())):
+            name = f"ffhq_{i}" if i % 2 else f"image{i:07d}"
+            path = root / folder / "images" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.numpy().transpose(1, 2, 0)).save(path)
+            write_label(root / folder / "labels" / f"{name}.txt", label)  # yaml order = course order
+    out = tmp_path / "run"
+    trained = run("04_affectnet/train.py", "--data", root, "--epochs", "1", "--image-size", "48",
+                  "--out", out)
+    assert trained.returncode == 0, trained.stderr
+    assert "train 160" in trained.stdout and "val 48" in trained.stdout
+    evaluated = run("04_affectnet/eval.py", "--checkpoint", out / "best.pt")
+    assert evaluated.returncode == 0, evaluated.stderr
+    rows = (out / "eval_test" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 48
+    assert sum("/test/images/ffhq_" in row for row in rows) == 24
+    grouped = run("-m", "analysis.by_source", out / "eval_test" / "predictions.csv")
+    assert grouped.returncode == 0 and "ffhq_" in grouped.stdout and "image" in grouped.stdout

@@ -278,3 +278,26 @@ def test_compare_with_no_run_folder_is_a_one_line_error(run, tmp_path):
     result = run("-m", "analysis.compare", tmp_path, "--out", tmp_path / "c.png")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: none of the 1 folder(s)")
+
+
+def test_by_source_groups_accuracy_and_mistakes_by_file_name(tmp_path, run):
+    from analysis.by_source import group_rows, source_of
+    assert source_of("data/test/images/ffhq_12.png") == "ffhq_"
+    assert source_of("image0001234.jpg") == "image"
+    rows = [{"file": f"ffhq_{i}.png", "label": "happy", "prediction": "happy"} for i in range(6)]
+    rows += [{"file": f"image{i:04d}.jpg", "label": "sad", "prediction": "fear"} for i in range(3)]
+    rows += [{"file": "image9999.jpg", "label": "sad", "prediction": "sad"}]
+    rows += [{"file": "ffhq_99.png", "label": "fear", "prediction": "happy"}]
+    table = group_rows(rows)
+    assert table[0] == ("ffhq_", 7, pytest.approx(6 / 7), pytest.approx(1 / 4))
+    assert table[1] == ("image", 4, pytest.approx(1 / 4), pytest.approx(3 / 4))
+    csv_file = tmp_path / "predictions.csv"
+    csv_file.write_text("index,file,label,prediction,confidence\n" + "".join(
+        f"{i},{r['file']},{r['label']},{r['prediction']},0.5\n" for i, r in enumerate(rows)))
+    printed = run("-m", "analysis.by_source", csv_file)
+    assert printed.returncode == 0, printed.stderr
+    assert "ffhq_" in printed.stdout and "75.0%" in printed.stdout
+    no_files = tmp_path / "fer.csv"
+    no_files.write_text("index,file,label,prediction,confidence\n0,,happy,happy,0.9\n")
+    refused = run("-m", "analysis.by_source", no_files)
+    assert refused.returncode != 0 and "no file names" in refused.stderr

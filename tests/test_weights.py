@@ -40,7 +40,8 @@ def test_shipped_model_classifies_a_batch_of_builtin_faces(entry):
     model = load_stage_module(entry["stage"], "eval").load_model(checkpoint).eval()
     assert count_parameters(model) == entry["parameters"]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # float16 files are widened on load
-    faces = make_builtin_dataset(seed=3, sizes=(7, 7, 16)).splits["test"][0]
+    variant = "affectnet" if checkpoint["preprocessing"]["channels"] == 3 else "fer2013"
+    faces = make_builtin_dataset(seed=3, variant=variant, sizes=(8, 8, 16)).splits["test"][0]
     transform = eval_transform(checkpoint["preprocessing"])
     with torch.no_grad():
         probs = model(torch.stack([transform(face) for face in faces])).softmax(dim=1)
