@@ -45,9 +45,11 @@ def main(argv=None):
     if not rows or not all(row.get("file") for row in rows):
         sys.exit(f"error: {args.predictions}: no file names (the data's reader does not keep "
                  f"them, e.g. a FER2013 CSV); nothing to group by")
-    print(f"{'source':<12} {'images':>7} {'accuracy':>9} {'share of mistakes':>18}")
-    for source, count, accuracy, share in group_rows(rows):
-        print(f"{source:<12} {count:>7} {100 * accuracy:>8.1f}% {100 * share:>17.1f}%")
+    table = group_rows(rows)
+    width = max(len("source"), *(len(source) for source, *_ in table))
+    print(f"{'source':<{width}} {'images':>7} {'accuracy':>9} {'share of mistakes':>18}")
+    for source, count, accuracy, share in table:
+        print(f"{source:<{width}} {count:>7} {100 * accuracy:>8.1f}% {100 * share:>17.1f}%")
 
 
 if __name__ == "__main__":
