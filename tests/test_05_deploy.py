@@ -21,7 +21,7 @@ cv2 = pytest.importorskip("cv2")
 from PIL import Image  # noqa: E402
 
 from common.builtin_faces import make_builtin_dataset  # noqa: E402
-from common.checkpoint import best_shipped_model, save_checkpoint  # noqa: E402
+from common.checkpoint import WEIGHTS_DIR, best_shipped_model, read_manifest, save_checkpoint  # noqa: E402
 from common.data import ImageDataset, eval_transform, load_data  # noqa: E402
 from common.facedata import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING  # noqa: E402
 from common.runtime import UserError, import_sibling  # noqa: E402
@@ -178,9 +178,11 @@ def test_predict_with_a_missing_model_says_so_in_one_line(run, astronaut, tmp_pa
 
 
 def test_predict_without_model_uses_the_most_accurate_shipped_file_and_says_which(run, astronaut, tmp_path):
-    path, entry = best_shipped_model()
-    if path is None:
-        pytest.skip("no shipped weights in weights/")
+    fer2013 = [e for e in read_manifest() if e["class_names"] == FER2013_CLASSES]
+    if not fer2013:
+        pytest.skip("no shipped FER2013 weights in weights/")
+    path = WEIGHTS_DIR / max(fer2013, key=lambda e: e["test_accuracy"])["file"]
+    assert best_shipped_model(FER2013_CLASSES)[0] == path  # 04's AffectNet file: another test set
     result = run(DEPLOY / "predict.py", astronaut, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(f"model: weights/{path.name} (the most accurate shipped model")
