@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from common.builtin_faces import make_builtin_dataset, write_fer2013_csv, write_image_folders  # noqa: E402
 from common.runtime import import_sibling  # noqa: E402
 
-# The per-epoch log line every stage prints (DEVELOPERS.md), for tests that read stdout.
+# The per-epoch log line every stage prints, for tests that read stdout.
 LOG_LINE = re.compile(r"^Epoch \d+/\d+ \| train loss \d+\.\d{3} acc \d+\.\d% \| val loss \d+\.\d{3} acc \d+\.\d% "
                       r"f1 \d\.\d{3} \| lr \d\.\de-\d\d \| \d+ img/s \| \d+s( \*)?$")
 STAGES = sorted(p.name for p in REPO.glob("[0-9][0-9]_*") if (p / "train.py").is_file())  # the stages that train
