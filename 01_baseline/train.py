@@ -71,7 +71,7 @@ def build_train_transform(preprocessing):
         # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a
         # little teaches the model that brightness and contrast are not the expression.
         v2.ColorJitter(brightness=0.2, contrast=0.2),
-        eval_transform(preprocessing),
+        eval_transform(preprocessing),  # to normalised float exactly as at test time
     ])
 
 

@@ -80,7 +80,9 @@ def build_train_transform(preprocessing):
     return v2.Compose([
         v2.RandomHorizontalFlip(),  # a mirrored smile is still a smile
         move,
-        v2.ColorJitter(brightness=0.2, contrast=0.2),  # relit: photos are not contrast-stretched
+        # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a
+        # little teaches the model that brightness and contrast are not the expression.
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
         eval_transform(preprocessing),  # to normalised float exactly as at test time
         v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no region is relied on alone
     ])
@@ -173,7 +175,9 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
     # A new run starts from these counters, a resumed one from those in its last.pt.
-    counters = checkpoint or {"epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0}
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
+    }
     start_epoch = counters["epoch"] + 1
     history = counters["history"]
     best_f1 = counters["best_f1"]

@@ -75,7 +75,7 @@ def get_args(argv=None):
     )
     parser.add_argument("--image-size", type=positive_int, default=96, help="faces resized to this")
     parser.add_argument("--grayscale", action="store_true", help="the model turns RGB into gray")
-    parser.add_argument("--min-relfc", type=float, help="train on rows with relFCs >= this (0.8)")
+    parser.add_argument("--min-relfc", type=float, help="train only on rows with relFCs >= this")
     return parser.parse_args(argv), parser
 
 
@@ -99,7 +99,9 @@ def build_train_transform(preprocessing, augment="light"):
     return v2.Compose([
         v2.RandomHorizontalFlip(),  # a mirrored smile is still a smile
         move,
-        v2.ColorJitter(brightness=0.2, contrast=0.2),  # relit: photos are not contrast-stretched
+        # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a
+        # little teaches the model that brightness and contrast are not the expression.
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
         eval_transform(preprocessing),  # to normalised float exactly as at test time
         v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no region is relied on alone
     ])
@@ -200,7 +202,9 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
     # A new run starts from these counters, a resumed one from those in its last.pt.
-    counters = checkpoint or {"epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0}
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
+    }
     start_epoch = counters["epoch"] + 1
     history = counters["history"]
     best_f1 = counters["best_f1"]

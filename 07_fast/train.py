@@ -220,7 +220,9 @@ def main(argv=None):
         step_model = torch.compile(step_model)
 
     # A new run starts from these counters, a resumed one from those in its last.pt.
-    counters = checkpoint or {"epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0}
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
+    }
     start_epoch = counters["epoch"] + 1
     history = counters["history"]
     best_f1 = counters["best_f1"]
