@@ -33,7 +33,7 @@ class BaselineCNN(nn.Module):
         flat = 64 * (image_size // 4) ** 2  # two poolings halve each side twice: 48 -> 12
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout),  # most parameters sit in the next layer, so that is where it overfits
+            nn.Dropout(dropout),  # most parameters sit in the next layer: that is where it overfits
             nn.Linear(flat, 128),
             nn.ReLU(),
             nn.Dropout(dropout),
@@ -52,4 +52,5 @@ def build_model(num_classes, in_channels=1, **kw):
 if __name__ == "__main__":
     model = build_model(num_classes=7)
     logits = model(torch.zeros(2, 1, 48, 48))
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters, output {tuple(logits.shape)}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params:,} parameters, output {tuple(logits.shape)}")

@@ -1,7 +1,7 @@
 """Stage 01: train the baseline CNN on facial expressions.
 
-    python 01_baseline/train.py                                  # built-in drawn faces, no download
-    python 01_baseline/train.py --data data/fer2013.csv          # real FER2013 (see README)
+    python 01_baseline/train.py                               # built-in drawn faces, no download
+    python 01_baseline/train.py --data data/fer2013.csv       # real FER2013 (see README)
     python 01_baseline/train.py --resume runs/01_baseline/<run>/last.pt --epochs 40
     python 01_baseline/eval.py --checkpoint runs/01_baseline/<run>/best.pt
 
@@ -12,7 +12,7 @@ photos: a mirror flip and a little brightness/contrast jitter, and up to 30 epoc
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import json
@@ -24,14 +24,18 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, write_json, write_metrics_csv
+from common.checkpoint import (get_rng_states, save_checkpoint, set_rng_states, write_json,
+                               write_metrics_csv)
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
-from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int, output_dir, positive_float,
-                          positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
+from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int,
+                          output_dir, positive_float, positive_int, resume_run, resume_steps,
+                          stop_if_diverged, stopped_progress)
+from common.metrics import class_shares
 from common.plots import plot_curves
 from common.runfolder import claim_run_folder
-from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
-                            pick_device, seed_everything, seed_worker)
+from common.runtime import (UserError, count_parameters, import_sibling, loader_generator,
+                            log_scalars, open_tensorboard, pick_device, seed_everything,
+                            seed_worker)
 from common.tracking import finish_wandb, log_wandb, open_wandb
 
 STAGE = Path(__file__).resolve().parent.name
@@ -40,40 +44,35 @@ eval_lib = import_sibling(__file__, "eval")
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="FER2013 CSV (.csv/.csv.gz) or image-folder tree; "
-                                       "default: data/fer2013* if present, else the built-in faces")
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows every flag's default
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=defaults)
+    parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
     parser.add_argument("--epochs", type=positive_int, default=30, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per optimizer step")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, dropout")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<timestamp>)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="loader processes")
+    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<time>)")
     parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else it is refused)")
-    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
-                        help="ferplus: relabel a fer2013.csv with the FER+ votes of --ferplus (8 classes)")
-    parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
-    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority",
-                        help="train on the majority vote, or on the vote distribution (soft targets)")
-    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log to Weights & Biases (if installed): offline unless logged in, see README")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013")
+    parser.add_argument("--ferplus", help="FER+ votes (fer2013new.csv) for --labels ferplus")
+    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     # stage-specific flags
-    parser.add_argument("--patience", type=positive_int, default=5,
-                        help="stop after this many epochs without a lower validation loss")
+    parser.add_argument("--patience", type=positive_int, default=5, help="early-stopping patience")
     return parser.parse_args(argv), parser
 
 
 def build_train_transform(preprocessing):
     return v2.Compose([
         v2.RandomHorizontalFlip(),  # a mirrored smile is still a smile
-        # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a little
-        # teaches the model that brightness and contrast are not the expression.
+        # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a
+        # little teaches the model that brightness and contrast are not the expression.
         v2.ColorJitter(brightness=0.2, contrast=0.2),
-        eval_transform(preprocessing),
+        eval_transform(preprocessing),  # to normalised float exactly as at test time
     ])
 
 
@@ -82,41 +81,47 @@ def build_loaders(args, data):
     val_images, val_labels = data.split("val")
     train_set = ImageDataset(train_images, train_labels, build_train_transform(data.preprocessing))
     val_set = ImageDataset(val_images, val_labels, eval_transform(data.preprocessing))
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                              worker_init_fn=seed_worker, generator=loader_generator(args.seed),
-                              pin_memory=torch.cuda.is_available(), persistent_workers=args.num_workers > 0)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.num_workers,
+        worker_init_fn=seed_worker,
+        generator=loader_generator(args.seed),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.num_workers > 0,
+    )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.num_workers)
     return train_loader, val_loader
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, desc, progress, stop):
-    """One pass over the training set; `progress` (the step, running sums) is what last.pt keeps after a Ctrl-C."""
+def train_one_epoch(model, loader, criterion, optimizer, device, progress, stop):
+    """One pass over the training set, summed into `progress` (last.pt keeps it after a Ctrl-C)."""
     model.train()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty())  # a bar on terminals only
-    for step, (images, labels) in resume_steps(bar, progress, stop):  # stops early after a Ctrl-C
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    bar = tqdm(loader, f"Epoch {progress['epoch']}", leave=False, disable=not sys.stderr.isatty())
+    for step, (images, labels) in resume_steps(bar, progress, stop):  # ends early after a Ctrl-C
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         logits = model(images)
         loss = criterion(logits, labels)
-        stop_if_diverged(loss, progress, step)  # NaN or inf: stop before the update spreads it into every weight
+        stop_if_diverged(loss, progress, step)  # NaN or inf: stop before the update spreads it
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        targets = labels.argmax(dim=1) if labels.ndim == 2 else labels  # FER+ soft targets: (B, C) vote shares
+        targets = class_shares(labels, logits.shape[1]).argmax(dim=1)  # FER+ votes: the top class
         progress["step"] = step
         progress["loss_sum"] += loss.item() * len(labels)
         progress["correct"] += (logits.argmax(dim=1) == targets).sum().item()
         progress["seen"] += len(labels)
-        bar.set_postfix(loss=f"{progress['loss_sum'] / progress['seen']:.3f}",
-                        acc=f"{100 * progress['correct'] / progress['seen']:.1f}%")
-    return progress["loss_sum"] / progress["seen"], progress["correct"] / progress["seen"]
+        bar.set_postfix(loss=progress["loss_sum"] / progress["seen"])
 
 
 def main(argv=None):
     args, parser = get_args(argv)
-    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: the run's last.pt and the recipe it started with
-    out = claim_run_folder(args, STAGE)  # a new folder, or one that only --resume or --overwrite may reuse; locked
-    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
-    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, print how to continue
+    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: its last.pt and its recipe
+    out = claim_run_folder(args, STAGE)  # a new folder, or the one --resume or --overwrite names
+    args.out = str(out.resolve())  # absolute, so eval and --resume work from any folder
+    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, say how to go on
     print("args:", json.dumps(vars(args)))
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -124,82 +129,101 @@ def main(argv=None):
     if args.data is None:
         args.data = str(find_default_data() or "builtin")
         if args.data == "builtin":
-            print("note: no --data and no data/fer2013* found: training on the built-in drawn faces. "
-                  "For real results put fer2013.csv from Kaggle in data/ (see README).")
-    data = load_data(args.data, seed=args.seed, labels=args.labels, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode)
+            print("note: no --data and no data/fer2013* found: training on the built-in drawn "
+                  "faces. For real results put fer2013.csv from Kaggle in data/ (see README).")
+    relabel = {"labels": args.labels, "ferplus": args.ferplus, "ferplus_mode": args.ferplus_mode}
+    data = load_data(args.data, seed=args.seed, **relabel)  # relabel: FER+ votes, if asked for
     check_same_classes(checkpoint, data.class_names)
     train_loader, val_loader = build_loaders(args, data)
+    if Path(args.data).exists():
+        args.data = str(Path(args.data).resolve())  # config.json holds absolute paths
 
     model = model_lib.build_model(len(data.class_names), data.preprocessing["channels"]).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-    history, start_epoch, best_f1, best_loss, bad_epochs = [], 1, -1.0, float("inf"), 0
+    # A new run starts from these counters, a resumed one from those in its last.pt.
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "best_loss": float("inf"), "bad_epochs": 0,
+    }
+    start_epoch = counters["epoch"] + 1
+    history = counters["history"]
+    best_f1 = counters["best_f1"]
+    best_loss = counters["best_loss"]
+    bad_epochs = counters["bad_epochs"]
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        history, best_f1, best_loss, bad_epochs = (checkpoint["history"], checkpoint["best_f1"],
-                                                   checkpoint["best_loss"], checkpoint["bad_epochs"])
-        start_epoch = checkpoint["epoch"] + 1
         set_rng_states(checkpoint["rng"])
         train_loader.generator.set_state(checkpoint["rng"]["loader"])
-    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id: --resume continues the run
+    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id (--resume)
     write_json(out / "config.json", vars(args))
     writer = open_tensorboard(out) if args.tensorboard else None
-    sizes = " ".join(f"{k} {v}" for k, v in data.sizes().items())
+    sizes = " ".join(f"{split} {size}" for split, size in data.sizes().items())
     print(f"stage {STAGE} | device {device} | {count_parameters(model):,} parameters | {sizes} | "
           f"classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
 
     for epoch in range(start_epoch, args.epochs + 1):
-        start = time.time()
-        progress = epoch_progress(checkpoint, epoch, train_loader)  # a new epoch, or the rest of a stopped one
-        train_loss, train_acc = train_one_epoch(model, train_loader, criterion, optimizer, device,
-                                                f"Epoch {epoch}/{args.epochs}", progress, stop)
-        train_seconds = time.time() - start
+        started = time.time()
+        progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        train_one_epoch(model, train_loader, criterion, optimizer, device, progress, stop)
+        train_loss = progress["loss_sum"] / progress["seen"]
+        train_acc = progress["correct"] / progress["seen"]
+        train_seconds = time.time() - started
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
         if not stopped:
             val = eval_lib.evaluate(model, val_loader, device)
             stop_if_diverged(val["loss"], progress)
             lr = optimizer.param_groups[0]["lr"]
-            seconds = time.time() - start
-            improved = val["macro_f1"] > best_f1  # strictly better, so a tie keeps the earlier epoch
+            seconds = time.time() - started
+            improved = val["macro_f1"] > best_f1  # strictly better: a tie keeps the earlier epoch
             best_f1 = max(best_f1, val["macro_f1"])
-            bad_epochs = 0 if val["loss"] < best_loss else bad_epochs + 1  # early stopping watches val loss
+            bad_epochs = 0 if val["loss"] < best_loss else bad_epochs + 1  # stops on val loss
             best_loss = min(best_loss, val["loss"])
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                            "val_acc": val["accuracy"], "val_f1": val["macro_f1"], "lr": lr,
-                            "img_per_s": len(train_loader.dataset) / train_seconds, "seconds": seconds})
-        state = {"stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "best_f1": best_f1, "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
-                 "progress": stopped_progress(progress) if stopped else None,
-                 "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
-                 "config": vars(args), "class_names": data.class_names, "preprocessing": data.preprocessing}
-        if not stopped and improved:  # chosen on validation macro-F1, never on test; saved first, so a kill
-            save_checkpoint(out / "best.pt", state)  # between the two saves cannot leave best.pt behind last.pt
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val["macro_f1"],
+                "lr": lr, "img_per_s": len(train_loader.dataset) / train_seconds,
+                "seconds": seconds,
+            })
+        state = {
+            "stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "best_f1": best_f1, "best_loss": best_loss,
+            "bad_epochs": bad_epochs, "history": history,
+            "progress": stopped_progress(progress) if stopped else None,
+            "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
+            "config": vars(args), "class_names": data.class_names,
+            "preprocessing": data.preprocessing,
+        }
+        if not stopped and improved:  # chosen on validation macro-F1, never on test. Saved first:
+            save_checkpoint(out / "best.pt", state)  # a kill between the saves cannot lose it
         save_checkpoint(out / "last.pt", state)
         write_metrics_csv(out / "metrics.csv", history)
-        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C or SIGTERM: saved, so stop here
+        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C: saved, so stop
         if writer:
             log_scalars(writer, history[-1])
         if tracker:
             log_wandb(tracker, history[-1])
-        row = history[-1]
-        print(f"Epoch {epoch}/{args.epochs} | train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
-              f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% f1 {val['macro_f1']:.3f} | "
-              f"lr {lr:.1e} | {row['img_per_s']:.0f} img/s | {seconds:.0f}s{' *' if improved else ''}", flush=True)
+        line = (f"Epoch {epoch}/{args.epochs} | "
+                f"train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
+                f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% "
+                f"f1 {val['macro_f1']:.3f} | lr {lr:.1e} | "
+                f"{history[-1]['img_per_s']:.0f} img/s | {seconds:.0f}s")
+        print(line + (" *" if improved else ""), flush=True)  # * marks a new best.pt
         if bad_epochs >= args.patience:
             print(f"early stop: validation loss has not improved for {args.patience} epochs")
             break
 
     if history:
         plot_curves(history, out / "curves.png", title=f"{STAGE} on {Path(data.source).name}")
-        if tracker:  # the best checkpoint's validation confusion matrix, curves.png and best.pt as an artifact
-            finish_wandb(tracker, out, model, val_loader, device, eval_lib.evaluate, data.class_names)
-        best = max(history, key=lambda r: r["val_f1"])
-        total = sum(r["seconds"] for r in history)
-        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% f1 {best['val_f1']:.3f} | "
-              f"{len(history)} epochs, {total / len(history):.1f} s/epoch | {out / 'best.pt'}")
+        if tracker:  # the best model's confusion matrix, curves.png and best.pt as an artifact
+            evaluate = eval_lib.evaluate
+            finish_wandb(tracker, out, model, val_loader, device, evaluate, data.class_names)
+        best = max(history, key=lambda row: row["val_f1"])
+        per_epoch = sum(row["seconds"] for row in history) / len(history)
+        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% "
+              f"f1 {best['val_f1']:.3f} | {len(history)} epochs, {per_epoch:.1f} s/epoch | "
+              f"{out / 'best.pt'}")
     stop.close()
     return history
 

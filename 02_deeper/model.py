@@ -41,13 +41,22 @@ class ConvBlock(nn.Sequential):
 
 
 class DeeperCNN(nn.Module):
-    def __init__(self, num_classes=7, in_channels=1, widths=(32, 64, 128, 256), spatial_dropout=0.1, dropout=0.5):
+    def __init__(
+        self,
+        num_classes=7,
+        in_channels=1,
+        widths=(32, 64, 128, 256),
+        spatial_dropout=0.1,
+        dropout=0.5,
+    ):
         super().__init__()
-        # One convolution in block 1: at 48x48 a second 32->32 conv would cost 21M of the
-        # network's ~96M multiply-adds while it only combines edges of a single gray channel.
-        blocks, channels = [], in_channels
+        blocks = []
+        channels = in_channels
         for i, width in enumerate(widths):
-            blocks.append(ConvBlock(channels, width, num_convs=1 if i == 0 else 2, spatial_dropout=spatial_dropout))
+            # One convolution in block 1: at 48x48 a second 32->32 conv would cost 21M of the
+            # network's ~96M multiply-adds while it only combines edges of a single gray channel.
+            num_convs = 1 if i == 0 else 2
+            blocks.append(ConvBlock(channels, width, num_convs, spatial_dropout))
             channels = width
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)  # any input size -> one number per channel
@@ -76,5 +85,6 @@ if __name__ == "__main__":
     model = build_model(num_classes=7).eval()
     with FlopCounterMode(display=False) as counter:  # counts 2 FLOPs per multiply-add
         logits = model(torch.zeros(1, 1, 48, 48))
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters, output {tuple(logits.shape)}, "
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params:,} parameters, output {tuple(logits.shape)}, "
           f"{counter.get_total_flops() / 2e6:.0f}M multiply-adds per 48x48 image")

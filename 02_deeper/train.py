@@ -1,17 +1,17 @@
 """Stage 02: train a deeper CNN with BatchNorm, spatial dropout, augmentation and a schedule.
 
-    python 02_deeper/train.py                                    # built-in drawn faces, no download
-    python 02_deeper/train.py --data data/fer2013.csv            # real FER2013 (see README)
+    python 02_deeper/train.py                                 # built-in drawn faces, no download
+    python 02_deeper/train.py --data data/fer2013.csv         # real FER2013 (see README)
     python 02_deeper/train.py --resume runs/02_deeper/<run>/last.pt --epochs 40
     python 02_deeper/eval.py --checkpoint runs/02_deeper/<run>/best.pt
 
-Recipe of the deeper CNN of the source notebooks (version 3): AdamW, rich augmentation, early stopping, with the
-learning rate annealed along a cosine instead of lowered on a plateau.
+Recipe of the deeper CNN of the source notebooks (version 3): AdamW, rich augmentation, early
+stopping, with the learning rate annealed along a cosine instead of lowered on a plateau.
 """
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import json
@@ -20,70 +20,78 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, write_json, write_metrics_csv
+from common.checkpoint import (get_rng_states, save_checkpoint, set_rng_states, write_json,
+                               write_metrics_csv)
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
-from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int, output_dir, positive_float,
-                          positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
+from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int,
+                          output_dir, positive_float, positive_int, resume_run, resume_steps,
+                          stop_if_diverged, stopped_progress)
+from common.metrics import class_shares
 from common.plots import plot_curves
 from common.runfolder import claim_run_folder
-from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
-                            pick_device, seed_everything, seed_worker)
+from common.runtime import (UserError, count_parameters, import_sibling, loader_generator,
+                            log_scalars, open_tensorboard, pick_device, seed_everything,
+                            seed_worker)
 from common.tracking import finish_wandb, log_wandb, open_wandb
 
 STAGE = Path(__file__).resolve().parent.name
+LESSON = ["--num-workers", "--patience", "build_train_transform", "build_loaders", "main"]
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
 eval_lib = import_sibling(__file__, "eval")
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="FER2013 CSV (.csv/.csv.gz) or image-folder tree; "
-                                       "default: data/fer2013* if present, else the built-in faces")
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows every flag's default
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=defaults)
+    parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
     parser.add_argument("--epochs", type=positive_int, default=30, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per optimizer step")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, dropout")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--num-workers", type=non_negative_int, default=1, help="DataLoader worker processes")
-    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<timestamp>)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=1, help="loader processes")
+    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<time>)")
     parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else it is refused)")
-    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
-                        help="ferplus: relabel a fer2013.csv with the FER+ votes of --ferplus (8 classes)")
-    parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
-    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority",
-                        help="train on the majority vote, or on the vote distribution (soft targets)")
-    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log to Weights & Biases (if installed): offline unless logged in, see README")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013")
+    parser.add_argument("--ferplus", help="FER+ votes (fer2013new.csv) for --labels ferplus")
+    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     # stage-specific flags
-    parser.add_argument("--patience", type=positive_int, default=7,
-                        help="stop after this many epochs without a better validation macro-F1")
-    parser.add_argument("--class-weights", action="store_true",
-                        help="weight the loss by inverse class frequency (rare classes count more)")
-    parser.add_argument("--balanced-sampler", action="store_true",
-                        help="draw training images so that every class is seen equally often")
+    parser.add_argument("--patience", type=positive_int, default=7, help="early-stopping patience")
+    parser.add_argument("--class-weights", action="store_true", help="rare classes weigh more")
+    parser.add_argument("--balanced-sampler", action="store_true", help="draw classes equally")
     return parser.parse_args(argv), parser
 
 
 def build_train_transform(preprocessing):
-    return v2.Compose([  # New in 02_deeper: version 3's augmentation; each epoch sees every face moved and relit
+    # New in 02_deeper: version 3's augmentation; each epoch sees every face moved and relit
+    move = v2.RandomAffine(
+        degrees=15,
+        translate=(0.1, 0.1),
+        scale=(0.9, 1.1),
+        shear=10,
+        interpolation=v2.InterpolationMode.BILINEAR,  # nearest would turn edges into steps
+    )
+    return v2.Compose([
         v2.RandomHorizontalFlip(),  # a mirrored smile is still a smile
-        v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10, interpolation=v2.InterpolationMode.BILINEAR),
+        move,
+        # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a
+        # little teaches the model that brightness and contrast are not the expression.
         v2.ColorJitter(brightness=0.2, contrast=0.2),
         eval_transform(preprocessing),  # to normalised float exactly as at test time
-        v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no single region is relied on
+        v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no region is relied on alone
     ])
 
 
-def class_weights(labels, num_classes):  # inverse class frequency, scaled so that an average image weighs 1
-    counts = labels.sum(dim=0) if labels.ndim == 2 else torch.bincount(labels, minlength=num_classes)  # FER+: vote shares
-    return counts.sum() / (num_classes * counts.float().clamp(min=1))
+def class_weights(labels, num_classes):  # inverse class frequency; an average image weighs 1
+    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
+    return counts.sum() / (num_classes * counts.clamp(min=1))
 
 
 def build_loaders(args, data):
@@ -91,44 +99,53 @@ def build_loaders(args, data):
     val_images, val_labels = data.split("val")
     train_set = ImageDataset(train_images, train_labels, build_train_transform(data.preprocessing))
     val_set = ImageDataset(val_images, val_labels, eval_transform(data.preprocessing))
-    weights = class_weights(train_labels, len(data.class_names))  # --balanced-sampler: each image ~ 1 / its class size
-    weights = train_labels.float() @ weights if train_labels.ndim == 2 else weights[train_labels]
-    sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights)) if args.balanced_sampler else None  # global RNG
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None,
-                              num_workers=args.num_workers, worker_init_fn=seed_worker, generator=loader_generator(args.seed),
-                              pin_memory=torch.cuda.is_available(), persistent_workers=args.num_workers > 0)
+    sampler = None
+    if args.balanced_sampler:  # draw each image with its class's weight: classes come equally often
+        shares = class_shares(train_labels, len(data.class_names))  # (N, C): one-hot or FER+ votes
+        image_weights = shares @ class_weights(train_labels, len(data.class_names))  # (N,)
+        sampler = WeightedRandomSampler(image_weights, len(image_weights))  # the global RNG draws
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        shuffle=sampler is None,
+        num_workers=args.num_workers,
+        worker_init_fn=seed_worker,
+        generator=loader_generator(args.seed),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.num_workers > 0,
+    )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.num_workers)
     return train_loader, val_loader
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, desc, progress, stop):
-    """One pass over the training set; `progress` (the step, running sums) is what last.pt keeps after a Ctrl-C."""
+def train_one_epoch(model, loader, criterion, optimizer, device, progress, stop):
+    """One pass over the training set, summed into `progress` (last.pt keeps it after a Ctrl-C)."""
     model.train()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty())  # a bar on terminals only
-    for step, (images, labels) in resume_steps(bar, progress, stop):  # stops early after a Ctrl-C
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    bar = tqdm(loader, f"Epoch {progress['epoch']}", leave=False, disable=not sys.stderr.isatty())
+    for step, (images, labels) in resume_steps(bar, progress, stop):  # ends early after a Ctrl-C
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         logits = model(images)
         loss = criterion(logits, labels)
-        stop_if_diverged(loss, progress, step)  # NaN or inf: stop before the update spreads it into every weight
+        stop_if_diverged(loss, progress, step)  # NaN or inf: stop before the update spreads it
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        targets = labels.argmax(dim=1) if labels.ndim == 2 else labels  # FER+ soft targets: (B, C) vote shares
+        targets = class_shares(labels, logits.shape[1]).argmax(dim=1)  # FER+ votes: the top class
         progress["step"] = step
         progress["loss_sum"] += loss.item() * len(labels)
         progress["correct"] += (logits.argmax(dim=1) == targets).sum().item()
         progress["seen"] += len(labels)
-        bar.set_postfix(loss=f"{progress['loss_sum'] / progress['seen']:.3f}",
-                        acc=f"{100 * progress['correct'] / progress['seen']:.1f}%")
-    return progress["loss_sum"] / progress["seen"], progress["correct"] / progress["seen"]
+        bar.set_postfix(loss=progress["loss_sum"] / progress["seen"])
 
 
 def main(argv=None):
     args, parser = get_args(argv)
-    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: the run's last.pt and the recipe it started with
-    out = claim_run_folder(args, STAGE)  # a new folder, or one that only --resume or --overwrite may reuse; locked
-    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
-    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, print how to continue
+    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: its last.pt and its recipe
+    out = claim_run_folder(args, STAGE)  # a new folder, or the one --resume or --overwrite names
+    args.out = str(out.resolve())  # absolute, so eval and --resume work from any folder
+    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, say how to go on
     print("args:", json.dumps(vars(args)))
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -136,93 +153,113 @@ def main(argv=None):
     if args.data is None:
         args.data = str(find_default_data() or "builtin")
         if args.data == "builtin":
-            print("note: no --data and no data/fer2013* found: training on the built-in drawn faces. "
-                  "For real results put fer2013.csv from Kaggle in data/ (see README).")
-    data = load_data(args.data, seed=args.seed, labels=args.labels, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode)
+            print("note: no --data and no data/fer2013* found: training on the built-in drawn "
+                  "faces. For real results put fer2013.csv from Kaggle in data/ (see README).")
+    relabel = {"labels": args.labels, "ferplus": args.ferplus, "ferplus_mode": args.ferplus_mode}
+    data = load_data(args.data, seed=args.seed, **relabel)  # relabel: FER+ votes, if asked for
     check_same_classes(checkpoint, data.class_names)
     train_loader, val_loader = build_loaders(args, data)
+    if Path(args.data).exists():
+        args.data = str(Path(args.data).resolve())  # config.json holds absolute paths
 
     model = model_lib.build_model(len(data.class_names), data.preprocessing["channels"]).to(device)
-    weight = class_weights(data.split("train")[1], len(data.class_names)).to(device) if args.class_weights else None
+    weight = None
+    if args.class_weights:
+        weight = class_weights(data.split("train")[1], len(data.class_names)).to(device)
     criterion = nn.CrossEntropyLoss(weight=weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)  # decoupled decay
-    # The learning rate falls from lr to 0 along half a cosine over --epochs, so every run ends with slow, careful
-    # steps. (Lowering it only when the validation loss plateaus never fired within 30 epochs on FER2013.)
-    # A formula of the epoch number, so `--resume ... --epochs N` stretches the curve to the new end.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)  # decoupled
+    # The learning rate falls from lr to 0 along half a cosine over --epochs, so every run ends
+    # with slow, careful steps. (Lowering it when the validation loss plateaus never fired within
+    # 30 epochs on FER2013.) A formula of the epoch, so `--resume --epochs N` stretches the curve.
     def cosine(epoch):  # multiplies lr: 1 at the start, 0 after the last epoch
         return 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
-    args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-    history, start_epoch, best_f1, bad_epochs = [], 1, -1.0, 0
+    # A new run starts from these counters, a resumed one from those in its last.pt.
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
+    }
+    start_epoch = counters["epoch"] + 1
+    history = counters["history"]
+    best_f1 = counters["best_f1"]
+    bad_epochs = counters["bad_epochs"]
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # on the curve of a new --epochs
-        history, best_f1, bad_epochs = checkpoint["history"], checkpoint["best_f1"], checkpoint["bad_epochs"]
-        start_epoch = checkpoint["epoch"] + 1
+        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
         set_rng_states(checkpoint["rng"])
         train_loader.generator.set_state(checkpoint["rng"]["loader"])
-    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id: --resume continues the run
+    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id (--resume)
     write_json(out / "config.json", vars(args))
     writer = open_tensorboard(out) if args.tensorboard else None
-    sizes = " ".join(f"{k} {v}" for k, v in data.sizes().items())
+    sizes = " ".join(f"{split} {size}" for split, size in data.sizes().items())
     print(f"stage {STAGE} | device {device} | {count_parameters(model):,} parameters | {sizes} | "
           f"classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
 
     for epoch in range(start_epoch, args.epochs + 1):
-        start = time.time()
-        progress = epoch_progress(checkpoint, epoch, train_loader)  # a new epoch, or the rest of a stopped one
-        train_loss, train_acc = train_one_epoch(model, train_loader, criterion, optimizer, device,
-                                                f"Epoch {epoch}/{args.epochs}", progress, stop)
-        train_seconds = time.time() - start
+        started = time.time()
+        progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        train_one_epoch(model, train_loader, criterion, optimizer, device, progress, stop)
+        train_loss = progress["loss_sum"] / progress["seen"]
+        train_acc = progress["correct"] / progress["seen"]
+        train_seconds = time.time() - started
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
         if not stopped:
             val = eval_lib.evaluate(model, val_loader, device)
             stop_if_diverged(val["loss"], progress)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()  # one step along the cosine per epoch
-            seconds = time.time() - start
-            improved = val["macro_f1"] > best_f1  # strictly better, so a tie keeps the earlier epoch
+            seconds = time.time() - started
+            improved = val["macro_f1"] > best_f1  # strictly better: a tie keeps the earlier epoch
             best_f1 = max(best_f1, val["macro_f1"])
-            # Early stopping watches the metric the best checkpoint is chosen on. The validation loss is a poor guide
-            # here: as the model grows confident it rises while accuracy still climbs.
+            # Early stopping watches the metric best.pt is chosen on. The validation loss is a poor
+            # guide here: as the model grows confident it rises while accuracy still climbs.
             bad_epochs = 0 if improved else bad_epochs + 1
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                            "val_acc": val["accuracy"], "val_f1": val["macro_f1"], "lr": lr,
-                            "img_per_s": len(train_loader.dataset) / train_seconds, "seconds": seconds})
-        state = {"stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(),
-                 "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
-                 "progress": stopped_progress(progress) if stopped else None,
-                 "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
-                 "config": vars(args), "class_names": data.class_names, "preprocessing": data.preprocessing}
-        if not stopped and improved:  # chosen on validation macro-F1, never on test; saved first, so a kill
-            save_checkpoint(out / "best.pt", state)  # between the two saves cannot leave best.pt behind last.pt
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val["macro_f1"],
+                "lr": lr, "img_per_s": len(train_loader.dataset) / train_seconds,
+                "seconds": seconds,
+            })
+        state = {
+            "stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
+            "progress": stopped_progress(progress) if stopped else None,
+            "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
+            "config": vars(args), "class_names": data.class_names,
+            "preprocessing": data.preprocessing,
+        }
+        if not stopped and improved:  # chosen on validation macro-F1, never on test. Saved first:
+            save_checkpoint(out / "best.pt", state)  # a kill between the saves cannot lose it
         save_checkpoint(out / "last.pt", state)
         write_metrics_csv(out / "metrics.csv", history)
-        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C or SIGTERM: saved, so stop here
+        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C: saved, so stop
         if writer:
             log_scalars(writer, history[-1])
         if tracker:
             log_wandb(tracker, history[-1])
-        row = history[-1]
-        print(f"Epoch {epoch}/{args.epochs} | train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
-              f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% f1 {val['macro_f1']:.3f} | "
-              f"lr {lr:.1e} | {row['img_per_s']:.0f} img/s | {seconds:.0f}s{' *' if improved else ''}", flush=True)
+        line = (f"Epoch {epoch}/{args.epochs} | "
+                f"train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
+                f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% "
+                f"f1 {val['macro_f1']:.3f} | lr {lr:.1e} | "
+                f"{history[-1]['img_per_s']:.0f} img/s | {seconds:.0f}s")
+        print(line + (" *" if improved else ""), flush=True)  # * marks a new best.pt
         if bad_epochs >= args.patience:
             print(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
             break
 
     if history:
         plot_curves(history, out / "curves.png", title=f"{STAGE} on {Path(data.source).name}")
-        if tracker:  # the best checkpoint's validation confusion matrix, curves.png and best.pt as an artifact
-            finish_wandb(tracker, out, model, val_loader, device, eval_lib.evaluate, data.class_names)
-        best = max(history, key=lambda r: r["val_f1"])
-        total = sum(r["seconds"] for r in history)
-        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% f1 {best['val_f1']:.3f} | "
-              f"{len(history)} epochs, {total / len(history):.1f} s/epoch | {out / 'best.pt'}")
+        if tracker:  # the best model's confusion matrix, curves.png and best.pt as an artifact
+            evaluate = eval_lib.evaluate
+            finish_wandb(tracker, out, model, val_loader, device, evaluate, data.class_names)
+        best = max(history, key=lambda row: row["val_f1"])
+        per_epoch = sum(row["seconds"] for row in history) / len(history)
+        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% "
+              f"f1 {best['val_f1']:.3f} | {len(history)} epochs, {per_epoch:.1f} s/epoch | "
+              f"{out / 'best.pt'}")
     stop.close()
     return history
 

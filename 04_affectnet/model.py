@@ -1,10 +1,11 @@
 """Stage 04 model: a deeper CNN for 96x96 colour faces and 8 AffectNet classes.
 
-The seven-conv net of the AffectNet write-up (widths 32-64-64-128-256-256-512, BatchNorm after every
-convolution), finished like the 3-block net of the first AffectNet write-up: global average pooling and a
-small head. Global average pooling makes the head independent of the input size (one number per
-feature map), so the same model takes 96x96 AffectNet or 48x48 FER2013 faces. To stay trainable
-on 2 CPU cores, the resolution halves early: most convolutions run at 24x24 or smaller.
+The seven convolutions of the AffectNet write-up's diagram (widths 32-64-64-128-256-256-512,
+BatchNorm after every convolution; its table counts eight), finished like the 3-block net of the
+first AffectNet write-up: global average pooling and a small head. Global average pooling makes
+the head independent of the input size (one number per feature map), so the same model takes
+96x96 AffectNet or 48x48 FER2013 faces. To stay trainable on 2 CPU cores, the resolution halves
+early: most convolutions run at 24x24 or smaller.
 
 Shapes for a 96x96 RGB face, batch B (a 48x48 face gives half of every side):
     input                            (B, 3, 96, 96)
@@ -22,7 +23,7 @@ from torch import nn
 
 
 def conv_bn_relu(in_channels, out_channels):
-    """3x3 convolution, BatchNorm, ReLU. No conv bias: BatchNorm's shift does that job."""
+    # bias=False: the BatchNorm right after subtracts the mean, which would cancel any bias
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -60,7 +61,7 @@ class AffectNetCNN(nn.Module):
             conv_bn_relu(256, 256),
             conv_bn_relu(256, 512),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)  # whatever the input size: one value per feature map
+        self.pool = nn.AdaptiveAvgPool2d(1)  # any input size -> one number per channel
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(512, 128),
@@ -86,5 +87,6 @@ if __name__ == "__main__":
     model = build_model(num_classes=8, in_channels=3).eval()
     with FlopCounterMode(display=False) as counter:  # counts 2 FLOPs per multiply-add
         logits = model(torch.zeros(1, 3, 96, 96))
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters, output {tuple(logits.shape)}, "
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params:,} parameters, output {tuple(logits.shape)}, "
           f"{counter.get_total_flops() / 2e6:.0f}M multiply-adds per 96x96 image")

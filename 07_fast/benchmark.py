@@ -159,7 +159,7 @@ def measure(stage, args):
         autocast = contextlib.nullcontext()
 
         def loop(batches):
-            train.train_one_epoch(model, batches, criterion, optimizer, device, "benchmark", new_progress(), NEVER_STOP)
+            train.train_one_epoch(model, batches, criterion, optimizer, device, new_progress(), NEVER_STOP)
 
         bare = loop
 

@@ -38,7 +38,7 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels, reduction=8):
         super().__init__()
-        hidden = max(channels // reduction, 4)  # the paper's 16 would leave 2 hidden units for 32 channels
+        hidden = max(channels // reduction, 4)  # the paper's 16: 2 hidden units for 32 channels
         self.mlp = nn.Sequential(  # 1x1 convolutions = a linear layer applied to (B, C, 1, 1)
             nn.Conv2d(channels, hidden, kernel_size=1, bias=False),
             nn.ReLU(inplace=True),
@@ -64,7 +64,9 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x):
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        average = x.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+        peak = x.amax(dim=1, keepdim=True)  # (B, 1, H, W)
+        pooled = torch.cat([average, peak], dim=1)  # (B, 2, H, W)
         return torch.sigmoid(self.conv(pooled))  # (B, 1, H, W)
 
 
@@ -85,9 +87,17 @@ class CBAM(nn.Module):
 
 
 class AttentionCNN(nn.Module):
-    def __init__(self, num_classes=7, in_channels=1, widths=(32, 64, 128), dropout=0.5, kernel_size=7):
+    def __init__(
+        self,
+        num_classes=7,
+        in_channels=1,
+        widths=(32, 64, 128),
+        dropout=0.5,
+        kernel_size=7,
+    ):
         super().__init__()
-        stages, channels = [], in_channels
+        stages = []
+        channels = in_channels
         for width in widths:
             stages.append(nn.Sequential(
                 conv_bn_relu(channels, width),
@@ -97,7 +107,7 @@ class AttentionCNN(nn.Module):
             ))
             channels = width
         self.features = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # any input size -> one number per channel
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(channels, 256, bias=False),
@@ -118,8 +128,10 @@ class AttentionCNN(nn.Module):
         to H x W and averaged, (B, 1, H, W) in [0, 1]. Early maps are sharp, the last one
         (6x6) is the one the classifier reads; the average shows both. Call in eval mode."""
         self(x)
-        maps = [F.interpolate(m.last_map, size=x.shape[-2:], mode="bilinear", align_corners=False)
-                for m in self.modules() if isinstance(m, CBAM)]
+        size = x.shape[-2:]  # the input's H x W
+        maps = []
+        for cbam in [m for m in self.modules() if isinstance(m, CBAM)]:
+            maps.append(F.interpolate(cbam.last_map, size, mode="bilinear", align_corners=False))
         return torch.stack(maps).mean(dim=0)
 
 
@@ -133,6 +145,8 @@ if __name__ == "__main__":
     model = build_model(num_classes=7).eval()
     with FlopCounterMode(display=False) as counter:  # counts 2 FLOPs per multiply-add
         logits = model(torch.zeros(1, 1, 48, 48))
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters, output {tuple(logits.shape)}, "
+    n_params = sum(p.numel() for p in model.parameters())
+    attention = model.attention_maps(torch.zeros(1, 1, 48, 48))
+    print(f"{n_params:,} parameters, output {tuple(logits.shape)}, "
           f"{counter.get_total_flops() / 2e6:.0f}M multiply-adds per 48x48 image, "
-          f"attention map {tuple(model.attention_maps(torch.zeros(1, 1, 48, 48)).shape)}")
+          f"attention map {tuple(attention.shape)}")

@@ -1,8 +1,8 @@
 """Stage 07: 03_attention's network and recipe, trained fast and at scale.
 
-    python 07_fast/train.py                                      # built-in drawn faces, no download
-    python 07_fast/train.py --data data/fer2013.csv              # real FER2013 (see README)
-    torchrun --nproc_per_node 2 07_fast/train.py --data data/fer2013.csv   # two processes, one batch
+    python 07_fast/train.py                                   # built-in drawn faces, no download
+    python 07_fast/train.py --data data/fer2013.csv           # real FER2013 (see README)
+    torchrun --nproc_per_node 2 07_fast/train.py --data data/fer2013.csv   # 2 processes, 1 batch
     python 07_fast/train.py --resume runs/07_fast/<run>/last.pt
     python 07_fast/eval.py --checkpoint runs/07_fast/<run>/best.pt --attention
 
@@ -12,7 +12,7 @@ parallelism with torchrun: the same 35-epoch recipe, in less time.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import json
@@ -25,242 +25,317 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 from tqdm import tqdm
 
-from common.checkpoint import get_rng_states, save_checkpoint, set_rng_states, write_json, write_metrics_csv
+from common.checkpoint import (get_rng_states, save_checkpoint, set_rng_states, write_json,
+                               write_metrics_csv)
 from common.data import ImageDataset, eval_transform, find_default_data, load_data
-from common.distributed import (SharedStop, WeightedDistributedSampler, broadcast_object, close_distributed,
-                                gather_objects, init_distributed, silence_other_processes, sum_over_processes)
-from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int, output_dir, positive_float,
-                          positive_int, resume_run, resume_steps, stop_if_diverged, stopped_progress)
+from common.distributed import (SharedStop, WeightedDistributedSampler, broadcast_object,
+                                close_distributed, gather_objects, init_distributed,
+                                silence_other_processes, sum_over_processes)
+from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int,
+                          output_dir, positive_float, positive_int, resume_run, resume_steps,
+                          stop_if_diverged, stopped_progress)
+from common.metrics import class_shares
 from common.plots import plot_curves
 from common.runfolder import claim_run_folder
-from common.runtime import (UserError, count_parameters, import_sibling, loader_generator, log_scalars, open_tensorboard,
-                            pick_amp_dtype, pick_device, seed_everything)
+from common.runtime import (UserError, count_parameters, import_sibling, loader_generator,
+                            log_scalars, open_tensorboard, pick_amp_dtype, pick_device,
+                            seed_everything)
 from common.tracking import finish_wandb, log_wandb, open_wandb
 
 STAGE = Path(__file__).resolve().parent.name
+LESSON = ["--num-workers", "build_train_transform", "build_loaders", "train_one_epoch", "main"]
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
 eval_lib = import_sibling(__file__, "eval")
 augment_lib = import_sibling(__file__, "augment")
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="FER2013 CSV (.csv/.csv.gz) or image-folder tree; "
-                                       "default: data/fer2013* if present, else the built-in faces")
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows every flag's default
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=defaults)
+    parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
     parser.add_argument("--epochs", type=positive_int, default=35, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per optimizer step")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, dropout")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<timestamp>)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="loader processes")
+    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<time>)")
     parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else it is refused)")
-    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013",
-                        help="ferplus: relabel a fer2013.csv with the FER+ votes of --ferplus (8 classes)")
-    parser.add_argument("--ferplus", help="path to FER+ fer2013new.csv (with --labels ferplus)")
-    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority",
-                        help="train on the majority vote, or on the vote distribution (soft targets)")
-    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log to Weights & Biases (if installed): offline unless logged in, see README")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013")
+    parser.add_argument("--ferplus", help="FER+ votes (fer2013new.csv) for --labels ferplus")
+    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     # stage-specific flags
-    parser.add_argument("--patience", type=positive_int, default=7,
-                        help="stop after this many epochs without a better validation macro-F1")
-    parser.add_argument("--class-weights", action="store_true",
-                        help="weight the loss by inverse class frequency (rare classes count more)")
-    parser.add_argument("--balanced-sampler", action="store_true",
-                        help="draw training images so that every class is seen equally often")
-    parser.add_argument("--augment", choices=["light", "v3"], default="light",
-                        help="light: flip, rotation and lighting; v3: 02_deeper's richer set")
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                        help="mixed precision; auto: bf16 where the GPU or CPU computes it natively, else fp16 on GPUs")
-    parser.add_argument("--compile", action="store_true", help="compile the model with torch.compile (slow first epoch)")
+    parser.add_argument("--patience", type=positive_int, default=7, help="early-stopping patience")
+    parser.add_argument("--class-weights", action="store_true", help="rare classes weigh more")
+    parser.add_argument("--balanced-sampler", action="store_true", help="draw classes equally")
+    parser.add_argument(
+        "--augment",
+        choices=["light", "v3"],
+        default="light",
+        help="light: flip, rotation and colour jitter; v3: 02_deeper's richer set",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "off"],
+        default="auto",
+        help="mixed precision; auto: bf16 where computed natively, else fp16 on GPUs",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile (slow start)")
     return parser.parse_args(argv), parser
 
 
 def build_train_transform(preprocessing, augment="light"):
-    # New in 07_fast: the same augmentations, applied to a whole uint8 batch on the device (augment.py)
+    # New in 07_fast: the same augmentations, applied to a whole uint8 batch on the device
     return augment_lib.build_augment(preprocessing, augment)
 
 
-def class_weights(labels, num_classes):  # inverse class frequency, scaled so that an average image weighs 1
-    counts = labels.sum(dim=0) if labels.ndim == 2 else torch.bincount(labels, minlength=num_classes)  # FER+: vote shares
-    return counts.sum() / (num_classes * counts.float().clamp(min=1))
+def class_weights(labels, num_classes):  # inverse class frequency; an average image weighs 1
+    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
+    return counts.sum() / (num_classes * counts.clamp(min=1))
 
 
 def build_loaders(args, data, rank=0, world_size=1):
     train_images, train_labels = data.split("train")
     val_images, val_labels = data.split("val")
-    # New in 07_fast: a dataset indexed with a list of indices returns a whole batch in one tensor operation; train
-    # batches stay uint8 (4x fewer bytes to copy) until the augmentation on the device
+    # New in 07_fast: a dataset indexed with a list of indices returns a whole batch in one tensor
+    # operation; train batches stay uint8 (4x fewer bytes to copy) until augmented on the device
     train_set = ImageDataset(train_images, train_labels, nn.Identity())
     val_set = ImageDataset(val_images, val_labels, eval_transform(data.preprocessing))
-    weights = class_weights(train_labels, len(data.class_names))  # --balanced-sampler: each image ~ 1 / its class size
-    weights = train_labels.float() @ weights if train_labels.ndim == 2 else weights[train_labels]
-    # each process takes every world_size-th index of one shuffle (seed + epoch), so together they see each image once
-    sampler = (WeightedDistributedSampler(weights, world_size, rank, args.seed) if args.balanced_sampler
-               else DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed))
-    batches = BatchSampler(sampler, args.batch_size // world_size, drop_last=False)  # --batch-size is the global batch
-    train_loader = DataLoader(train_set, sampler=batches, batch_size=None, num_workers=args.num_workers,
-                              generator=loader_generator(args.seed),  # its state marks where a stopped epoch began
-                              pin_memory=torch.cuda.is_available(), persistent_workers=args.num_workers > 0)
-    val_loader = DataLoader(val_set, sampler=BatchSampler(SequentialSampler(val_set), 256, drop_last=False),
-                            batch_size=None, num_workers=args.num_workers)
+    # each process takes every world_size-th index of one shuffle (seed + epoch): together they
+    # see each image once
+    if args.balanced_sampler:  # draw each image with its class's weight: classes come equally often
+        shares = class_shares(train_labels, len(data.class_names))  # (N, C): one-hot or FER+ votes
+        image_weights = shares @ class_weights(train_labels, len(data.class_names))  # (N,)
+        sampler = WeightedDistributedSampler(image_weights, world_size, rank, args.seed)
+    else:
+        sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
+    batches = BatchSampler(sampler, args.batch_size // world_size, drop_last=False)  # global batch
+    train_loader = DataLoader(
+        train_set,
+        sampler=batches,
+        batch_size=None,
+        num_workers=args.num_workers,
+        generator=loader_generator(args.seed),  # its state marks where a stopped epoch began
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.num_workers > 0,
+    )
+    val_batches = BatchSampler(SequentialSampler(val_set), 256, drop_last=False)
+    val_loader = DataLoader(
+        val_set,
+        sampler=val_batches,
+        batch_size=None,
+        num_workers=args.num_workers,
+    )
     return train_loader, val_loader
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, desc, augment, amp_dtype, scaler, progress, stop):
-    """One pass over the training set; `progress` (the step, running sums) is what last.pt keeps after a Ctrl-C."""
+def train_one_epoch(model, loader, criterion, optimizer, device, desc, augment, amp_dtype, scaler,
+                    progress, stop):
+    """One pass over the training set, summed into `progress` (last.pt keeps it after a Ctrl-C)."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty() or desc is None)  # on terminals, one process
-    for step, (images, labels) in resume_steps(bar, progress, stop):  # stops early after a Ctrl-C
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)  # from pinned memory
-        images = augment(images).contiguous(memory_format=torch.channels_last)  # (B, C, H, W) float, stored as NHWC
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):  # convolutions in 16 bits
-            logits = model(images)
+    total_loss = 0.0
+    correct = 0
+    seen = 0
+    show = sys.stderr.isatty() and desc is not None  # on terminals, in one process
+    bar = tqdm(loader, desc, leave=False, disable=not show)
+    for step, (images, labels) in resume_steps(bar, progress, stop):  # ends early after a Ctrl-C
+        images = images.to(device, non_blocking=True)  # from pinned memory
+        labels = labels.to(device, non_blocking=True)
+        images = augment(images).contiguous(memory_format=torch.channels_last)  # float, as NHWC
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)  # convolutions in 16 bits
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # fp16 only: the loss is scaled up so that small gradients do not round to 0
+        scaler.scale(loss).backward()  # fp16 only: scaled up so small gradients do not round to 0
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.detach() * len(labels)  # stays on the device: .item() would wait for the GPU every step
-        targets = labels.argmax(dim=1) if labels.ndim == 2 else labels  # FER+ soft targets: (B, C) vote shares
+        total_loss += loss.detach() * len(labels)  # stays on the device: .item() waits for the GPU
+        targets = class_shares(labels, logits.shape[1]).argmax(dim=1)  # FER+ votes: the top class
         correct += (logits.argmax(dim=1) == targets).sum()
         seen += len(labels)
         progress["step"] = step
-        if not bar.disable and step % 20 == 0:  # reading the numbers waits for the device; now and then only
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
-    shares = sum_over_processes([float(total_loss), float(correct), seen])  # every process's share
-    progress.update({key: progress[key] + value for key, value in zip(("loss_sum", "correct", "seen"), shares)})
-    stop_if_diverged(progress["loss_sum"], progress, progress["step"])  # NaN or inf; once an epoch, all processes
-    return progress["loss_sum"] / progress["seen"], progress["correct"] / progress["seen"]
+        if show and step % 20 == 0:  # reading the numbers waits for the device; now and then only
+            bar.set_postfix(loss=float(total_loss / seen))
+    shares = sum_over_processes([float(total_loss), float(correct), seen])  # all processes' sums
+    progress["loss_sum"] += shares[0]
+    progress["correct"] += shares[1]
+    progress["seen"] += shares[2]
+    stop_if_diverged(progress["loss_sum"], progress, progress["step"])  # NaN or inf, once an epoch
 
 
 def main(argv=None):
     args, parser = get_args(argv)
     silence_other_processes()  # New in 07_fast: under torchrun, only rank 0 prints
-    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: the run's last.pt and the recipe it started with
-    rank, world_size, device = init_distributed(pick_device(args.device))  # New in 07_fast: rank 0 of 1 without torchrun
-    out = Path(broadcast_object(str(claim_run_folder(args, STAGE)) if rank == 0 else None))  # rank 0 claims it; locked
-    args.out = str(out.resolve())  # config.json holds absolute paths, so eval and --resume work from any folder
-    stop = SharedStop(StopSignal(out))  # Ctrl-C or SIGTERM: every process finishes the step, last.pt is saved
+    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: its last.pt and its recipe
+    # New in 07_fast: this process's rank among world_size processes (rank 0 of 1 without torchrun)
+    rank, world_size, device = init_distributed(pick_device(args.device))
+    folder = None
+    if rank == 0:  # rank 0 claims the run folder (and locks it), then tells the others
+        folder = str(claim_run_folder(args, STAGE))
+    out = Path(broadcast_object(folder))
+    args.out = str(out.resolve())  # absolute, so eval and --resume work from any folder
+    stop = SharedStop(StopSignal(out))  # Ctrl-C or SIGTERM: every process finishes the step
     print("args:", json.dumps(vars(args)))
     seed_everything(args.seed + rank)  # each process its own augmentation and dropout draws
     if args.batch_size % world_size:
-        raise UserError(f"--batch-size {args.batch_size} does not split evenly over {world_size} processes")
+        raise UserError(f"--batch-size {args.batch_size} does not split evenly over "
+                        f"{world_size} processes")
 
     if args.data is None:
         args.data = str(find_default_data() or "builtin")
         if args.data == "builtin":
-            print("note: no --data and no data/fer2013* found: training on the built-in drawn faces. "
-                  "For real results put fer2013.csv from Kaggle in data/ (see README).")
-    data = load_data(args.data, seed=args.seed, labels=args.labels, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode)
+            print("note: no --data and no data/fer2013* found: training on the built-in drawn "
+                  "faces. For real results put fer2013.csv from Kaggle in data/ (see README).")
+    relabel = {"labels": args.labels, "ferplus": args.ferplus, "ferplus_mode": args.ferplus_mode}
+    data = load_data(args.data, seed=args.seed, **relabel)  # relabel: FER+ votes, if asked for
     check_same_classes(checkpoint, data.class_names)
     train_loader, val_loader = build_loaders(args, data, rank, world_size)
     augment = build_train_transform(data.preprocessing, args.augment).to(device)
+    if Path(args.data).exists():
+        args.data = str(Path(args.data).resolve())  # config.json holds absolute paths
 
-    # New in 07_fast: channels_last (NHWC) weights and images are the layout fast convolution kernels want
+    # New in 07_fast: channels_last (NHWC) weights and images suit fast convolution kernels
     model = model_lib.build_model(len(data.class_names), data.preprocessing["channels"])
     model = model.to(device, memory_format=torch.channels_last)
-    weight = class_weights(data.split("train")[1], len(data.class_names)).to(device) if args.class_weights else None
+    weight = None
+    if args.class_weights:
+        weight = class_weights(data.split("train")[1], len(data.class_names)).to(device)
     criterion = nn.CrossEntropyLoss(weight=weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)  # decoupled decay
-    # The learning rate falls from lr to 0 along half a cosine over --epochs, so every run ends with slow, careful
-    # steps. (Lowering it only when the validation loss plateaus never fired within 30 epochs on FER2013.)
-    # A formula of the epoch number, so `--resume ... --epochs N` stretches the curve to the new end.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)  # decoupled
+    # The learning rate falls from lr to 0 along half a cosine over --epochs, so every run ends
+    # with slow, careful steps. (Lowering it when the validation loss plateaus never fired within
+    # 30 epochs on FER2013.) A formula of the epoch, so `--resume --epochs N` stretches the curve.
     def cosine(epoch):  # multiplies lr: 1 at the start, 0 after the last epoch
         return 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     amp_dtype = pick_amp_dtype(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # DDP starts every process from rank 0's weights and averages the gradients of each step across processes
-    gpu = [device] if device.type == "cuda" else None
-    step_model = DistributedDataParallel(model, device_ids=gpu) if world_size > 1 else model
-    step_model = torch.compile(step_model) if args.compile else step_model  # the first steps compile; later ones are faster
+    step_model = model  # what takes the steps: the model, wrapped for several processes or compiled
+    if world_size > 1:  # DDP starts every process from rank 0's weights, averages each step's grads
+        gpu = [device] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(step_model, device_ids=gpu)
+    if args.compile:  # the first steps compile; later ones are faster
+        step_model = torch.compile(step_model)
 
-    args.data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-    history, start_epoch, best_f1, bad_epochs = [], 1, -1.0, 0
+    # A new run starts from these counters, a resumed one from those in its last.pt.
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
+    }
+    start_epoch = counters["epoch"] + 1
+    history = counters["history"]
+    best_f1 = counters["best_f1"]
+    bad_epochs = counters["bad_epochs"]
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # on the curve of a new --epochs
+        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
         if checkpoint["scaler"]:  # empty when the stopped run did not use fp16
             scaler.load_state_dict(checkpoint["scaler"])
-        history, best_f1, bad_epochs = checkpoint["history"], checkpoint["best_f1"], checkpoint["bad_epochs"]
-        start_epoch = checkpoint["epoch"] + 1
-        rng = checkpoint["rng"][rank] if len(checkpoint["rng"]) == world_size else get_rng_states()  # one per process
-        set_rng_states(rng)  # with another count of processes, this run's fresh seeds
-        checkpoint["progress"] = checkpoint.get("progress") and {**checkpoint["progress"], "rng": rng}  # this process's
-    tracker = open_wandb(args, out, STAGE) if args.wandb and rank == 0 else None  # sets args.wandb_id for --resume
-    if rank == 0:
+        rng = get_rng_states()  # another count of processes: this run's fresh seeds
+        if len(checkpoint["rng"]) == world_size:  # the same count: each process its own states
+            rng = checkpoint["rng"][rank]
+        set_rng_states(rng)
+        if checkpoint.get("progress"):  # a stopped epoch goes on with this process's states
+            checkpoint["progress"] = {**checkpoint["progress"], "rng": rng}
+    tracker = None
+    writer = None
+    if rank == 0:  # one process writes the run folder and the logs
+        tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id
         write_json(out / "config.json", vars(args))
-    writer = open_tensorboard(out) if args.tensorboard and rank == 0 else None
-    sizes = " ".join(f"{k} {v}" for k, v in data.sizes().items())
+        writer = open_tensorboard(out) if args.tensorboard else None
+    sizes = " ".join(f"{split} {size}" for split, size in data.sizes().items())
     precision = str(amp_dtype or torch.float32).removeprefix("torch.")
-    print(f"stage {STAGE} | device {device} | {world_size} process(es), {precision} | {count_parameters(model):,} parameters | "
-          f"{sizes} | classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
+    print(f"stage {STAGE} | device {device} | {world_size} process(es), {precision} | "
+          f"{count_parameters(model):,} parameters | {sizes} | "
+          f"classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
 
     for epoch in range(start_epoch, args.epochs + 1):
-        train_loader.sampler.sampler.set_epoch(epoch)  # a new shuffle every epoch, the same in every process
-        start = time.time()
-        progress = epoch_progress(checkpoint, epoch, train_loader)  # a new epoch, or the rest of a stopped one
-        desc = f"Epoch {epoch}/{args.epochs}" if rank == 0 else None
-        train_loss, train_acc = train_one_epoch(step_model, train_loader, criterion, optimizer, device,
-                                                desc, augment, amp_dtype, scaler, progress, stop)
-        train_seconds = time.time() - start
+        train_loader.sampler.sampler.set_epoch(epoch)  # a new shuffle, the same in every process
+        started = time.time()
+        progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        desc = f"Epoch {epoch}/{args.epochs}" if rank == 0 else None  # a progress bar on rank 0
+        train_one_epoch(
+            step_model,
+            train_loader,
+            criterion,
+            optimizer,
+            device,
+            desc,
+            augment,
+            amp_dtype,
+            scaler,
+            progress,
+            stop,
+        )
+        train_loss = progress["loss_sum"] / progress["seen"]
+        train_acc = progress["correct"] / progress["seen"]
+        train_seconds = time.time() - started
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
         if not stopped:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                val = eval_lib.evaluate(model, val_loader, device) if rank == 0 else None
-            val = broadcast_object(val)  # rank 0's numbers everywhere, so that every process stops at the same epoch
+            val = None
+            if rank == 0:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    val = eval_lib.evaluate(model, val_loader, device)
+            val = broadcast_object(val)  # rank 0's numbers everywhere: all stop at the same epoch
             stop_if_diverged(val["loss"], progress)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()  # one step along the cosine per epoch
-            seconds = time.time() - start
-            improved = val["macro_f1"] > best_f1  # strictly better, so a tie keeps the earlier epoch
+            seconds = time.time() - started
+            improved = val["macro_f1"] > best_f1  # strictly better: a tie keeps the earlier epoch
             best_f1 = max(best_f1, val["macro_f1"])
-            # Early stopping watches the metric the best checkpoint is chosen on. The validation loss is a poor guide
-            # here: as the model grows confident it rises while accuracy still climbs.
+            # Early stopping watches the metric best.pt is chosen on. The validation loss is a poor
+            # guide here: as the model grows confident it rises while accuracy still climbs.
             bad_epochs = 0 if improved else bad_epochs + 1
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                            "val_acc": val["accuracy"], "val_f1": val["macro_f1"], "lr": lr,
-                            "img_per_s": len(train_loader.dataset) / train_seconds, "seconds": seconds})
-        state = {"stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
-                 "progress": stopped_progress(progress) if stopped else None,
-                 "rng": gather_objects(get_rng_states()),
-                 "config": vars(args), "class_names": data.class_names, "preprocessing": data.preprocessing}
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val["macro_f1"],
+                "lr": lr, "img_per_s": len(train_loader.dataset) / train_seconds,
+                "seconds": seconds,
+            })
+        state = {
+            "stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
+            "progress": stopped_progress(progress) if stopped else None,
+            "rng": gather_objects(get_rng_states()),  # one entry per process
+            "config": vars(args), "class_names": data.class_names,
+            "preprocessing": data.preprocessing,
+        }
         if rank == 0:  # every process holds the same weights; one writes them
-            if not stopped and improved:  # chosen on validation macro-F1, never on test; saved first, so a kill
-                save_checkpoint(out / "best.pt", state)  # between the two saves cannot leave best.pt behind last.pt
+            if not stopped and improved:  # chosen on validation macro-F1, never on test. First:
+                save_checkpoint(out / "best.pt", state)  # a kill between the saves cannot lose it
             save_checkpoint(out / "last.pt", state)
             write_metrics_csv(out / "metrics.csv", history)
-        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C or SIGTERM: saved, so stop here
+        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C: saved, so stop
         if writer:
             log_scalars(writer, history[-1])
         if tracker:
             log_wandb(tracker, history[-1])
-        row = history[-1]
-        print(f"Epoch {epoch}/{args.epochs} | train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
-              f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% f1 {val['macro_f1']:.3f} | "
-              f"lr {lr:.1e} | {row['img_per_s']:.0f} img/s | {seconds:.0f}s{' *' if improved else ''}", flush=True)
+        line = (f"Epoch {epoch}/{args.epochs} | "
+                f"train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
+                f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% "
+                f"f1 {val['macro_f1']:.3f} | lr {lr:.1e} | "
+                f"{history[-1]['img_per_s']:.0f} img/s | {seconds:.0f}s")
+        print(line + (" *" if improved else ""), flush=True)  # * marks a new best.pt
         if bad_epochs >= args.patience:
             print(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
             break
 
     if history and rank == 0:
         plot_curves(history, out / "curves.png", title=f"{STAGE} on {Path(data.source).name}")
-        if tracker:  # the best checkpoint's validation confusion matrix, curves.png and best.pt as an artifact
-            finish_wandb(tracker, out, model, val_loader, device, eval_lib.evaluate, data.class_names)
-        best = max(history, key=lambda r: r["val_f1"])
-        total = sum(r["seconds"] for r in history)
-        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% f1 {best['val_f1']:.3f} | "
-              f"{len(history)} epochs, {total / len(history):.1f} s/epoch | {out / 'best.pt'}")
+        if tracker:  # the best model's confusion matrix, curves.png and best.pt as an artifact
+            evaluate = eval_lib.evaluate
+            finish_wandb(tracker, out, model, val_loader, device, evaluate, data.class_names)
+        best = max(history, key=lambda row: row["val_f1"])
+        per_epoch = sum(row["seconds"] for row in history) / len(history)
+        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% "
+              f"f1 {best['val_f1']:.3f} | {len(history)} epochs, {per_epoch:.1f} s/epoch | "
+              f"{out / 'best.pt'}")
     stop.close()
     close_distributed()
     return history

@@ -6,6 +6,15 @@ fewer, and so a student can read how macro-F1 is built.
 import torch
 
 
+def class_shares(labels, num_classes):
+    """Labels as per-class shares, (N, num_classes) floats: a class index becomes a one-hot row,
+    FER+ vote shares (already (N, num_classes)) stay as they are. Summing the rows counts images
+    per class, a row's argmax is its class: the same code then serves hard and soft labels."""
+    if labels.ndim == 2:
+        return labels.float()
+    return torch.nn.functional.one_hot(labels, num_classes).float()
+
+
 def confusion_matrix(labels, preds, num_classes):
     """counts[t, p] = how many images of true class t were predicted as class p."""
     labels = torch.as_tensor(labels, dtype=torch.long)
