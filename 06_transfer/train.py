@@ -36,9 +36,9 @@ from common.guard import (StopSignal, check_same_classes, epoch_progress, non_ne
 from common.metrics import class_shares
 from common.plots import plot_curves
 from common.runfolder import claim_run_folder
-from common.runtime import (UserError, count_parameters, import_sibling, loader_generator,
-                            log_scalars, open_tensorboard, pick_device, seed_everything,
-                            seed_worker)
+from common.runtime import (UserError, cached_download, count_parameters, import_sibling,
+                            loader_generator, log_scalars, open_tensorboard, pick_device,
+                            seed_everything, seed_worker)
 from common.tracking import finish_wandb, log_wandb, open_wandb
 
 STAGE = Path(__file__).resolve().parent.name
@@ -164,26 +164,12 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress, stop)
         bar.set_postfix(loss=progress["loss_sum"] / progress["seen"])
 
 
-def imagenet_weights_file():
-    """torchvision's ResNet-18 ImageNet weights in torch's cache, downloaded once (45 MB)."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(IMAGENET_URL, str(target))
-    except OSError as e:  # no network, a proxy, a firewall: URLError is an OSError
-        raise UserError(f"could not download {IMAGENET_URL} ({e}); download it where you have "
-                        f"internet and place it at {target}, or pass --init-weights FILE") from None
-    return target
-
-
 def start_model(args, class_names, preprocessing):
     """The network and the weights it starts from. Only this differs between the runs compared."""
     if args.init == "scratch":
         return model_lib.build_model(len(class_names), 1), {"arch": "affectnet-cnn"}
     if args.init == "imagenet":
-        weights = args.init_weights or imagenet_weights_file()
+        weights = args.init_weights or cached_download(IMAGENET_URL, "--init-weights")
         model = model_lib.build_resnet18(len(class_names), preprocessing, weights)
         return model, {"arch": "resnet18"}
     weights = args.init_weights or AFFECTNET_WEIGHTS

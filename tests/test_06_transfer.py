@@ -10,7 +10,7 @@ from torchvision.models import resnet18
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.facedata import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING
-from common.runtime import UserError
+from common.runtime import UserError, cached_download
 
 STAGE = "06_transfer"
 
@@ -86,19 +86,25 @@ def test_imagenet_download_failure_is_one_line_saying_where_to_put_the_file(tmp_
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(UserError) as error:
-        train.imagenet_weights_file()
+        cached_download(train.IMAGENET_URL, "--init-weights")
     message = str(error.value)
     assert "\n" not in message
     assert "could not download" in message and "--init-weights" in message
-    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    placed = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert str(placed) in message
+    placed.write_bytes(b"weights")  # the file put there by hand is used, with no download
+    assert cached_download(train.IMAGENET_URL, "--init-weights") == placed
 
 
-@pytest.mark.parametrize("init", ["affectnet", "scratch"])
+@pytest.mark.parametrize("init", ["affectnet", "scratch", "imagenet"])
 def test_short_run_from_each_start_trains_saves_start_and_evaluates(init, small_csv, tmp_path, run):
     _, weights = affectnet_checkpoint(tmp_path / "04.pt")
+    if init == "imagenet":  # a local file in torchvision's format, as one placed by hand
+        weights = tmp_path / "resnet18-f37072fd.pth"
+        torch.save(resnet18(weights=None).state_dict(), weights)
     out = tmp_path / init
     args = [f"{STAGE}/train.py", "--data", small_csv, "--init", init, "--epochs", "1", "--out", out]
-    if init == "affectnet":
+    if init != "scratch":
         args += ["--init-weights", weights]
     result = run(*args)
     assert result.returncode == 0, result.stderr
@@ -112,7 +118,8 @@ def test_short_run_from_each_start_trains_saves_start_and_evaluates(init, small_
     best = load_checkpoint(out / "best.pt")
     assert best["config"]["init"] == init and best["class_names"] == FER2013_CLASSES
     moved = [key for key in start if not torch.equal(start[key], best["model"][key])]
-    assert "features.0.0.weight" in moved  # it trained
+    first = "conv1.weight" if init == "imagenet" else "features.0.0.weight"
+    assert first in moved  # it trained
     evaluated = run(f"{STAGE}/eval.py", "--checkpoint", out / "best.pt", "--split", "test")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "macro-F1" in evaluated.stdout
