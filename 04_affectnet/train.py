@@ -73,7 +73,7 @@ def get_args(argv=None):
         default="light",
         help="light: flip, rotation and colour jitter; v3: 02_deeper's richer set",
     )
-    parser.add_argument("--image-size", type=positive_int, default=96, help="faces resized to this")
+    parser.add_argument("--image-size", type=positive_int, default=48, help="faces resized to this")
     parser.add_argument("--grayscale", action="store_true", help="the model turns RGB into gray")
     parser.add_argument("--min-relfc", type=float, help="train only on rows with relFCs >= this")
     return parser.parse_args(argv), parser

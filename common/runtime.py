@@ -120,3 +120,19 @@ def log_scalars(writer, row):
         if key != "epoch":
             writer.add_scalar(key, value, row["epoch"])
     writer.flush()
+
+
+def cached_download(url, flag):
+    """The file at `url` in torch's cache (~/.cache/torch/hub/checkpoints/), downloaded once.
+    Without a network: a one-line error saying where to put the file by hand, or which `flag`
+    names a file instead."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target))
+    except OSError as e:  # no network, a proxy, a firewall: URLError is an OSError
+        raise UserError(f"could not download {url} ({e}); download it where you have internet "
+                        f"and place it at {target}, or pass {flag} FILE") from None
+    return target

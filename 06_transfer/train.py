@@ -1,0 +1,315 @@
+"""Stage 06: transfer learning. Fine-tune 04's AffectNet network on FER2013, or start it afresh.
+
+    python 06_transfer/train.py                       # from weights/04_affectnet-affectnet.pt
+    python 06_transfer/train.py --init scratch        # the same network from random weights
+    python 06_transfer/train.py --init imagenet       # torchvision's ResNet-18 ImageNet weights
+    python 06_transfer/train.py --resume runs/06_transfer/<run>/last.pt
+    python 06_transfer/eval.py --checkpoint runs/06_transfer/<run>/best.pt
+    python 06_transfer/layers.py runs/06_transfer/<a>/best.pt runs/06_transfer/<b>/best.pt
+
+04's recipe on FER2013 (grey 48x48 faces, 7 classes); only the start point differs between
+runs, so at equal epochs the comparison shows what AffectNet's faces taught the network.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from common.checkpoint import (get_rng_states, save_checkpoint, set_rng_states, write_json,
+                               write_metrics_csv)
+from common.checkpoint import load_checkpoint
+from common.data import ImageDataset, eval_transform, find_default_data, load_data
+from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int,
+                          output_dir, positive_float, positive_int, resume_run, resume_steps,
+                          stop_if_diverged, stopped_progress)
+from common.metrics import class_shares
+from common.plots import plot_curves
+from common.runfolder import claim_run_folder
+from common.runtime import (UserError, cached_download, count_parameters, import_sibling,
+                            loader_generator, log_scalars, open_tensorboard, pick_device,
+                            seed_everything, seed_worker)
+from common.tracking import finish_wandb, log_wandb, open_wandb
+
+STAGE = Path(__file__).resolve().parent.name
+LESSON = ["--data", "--epochs", "build_train_transform", "main"]
+AFFECTNET_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "04_affectnet-affectnet.pt"
+IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
+eval_lib = import_sibling(__file__, "eval")
+
+
+def get_args(argv=None):
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows every flag's default
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=defaults)
+    parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, dropout")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--num-workers", type=non_negative_int, default=1, help="loader processes")
+    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<time>)")
+    parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013")
+    parser.add_argument("--ferplus", help="FER+ votes (fer2013new.csv) for --labels ferplus")
+    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    # stage-specific flags
+    parser.add_argument("--patience", type=positive_int, default=7, help="early-stopping patience")
+    parser.add_argument("--class-weights", action="store_true", help="rare classes weigh more")
+    parser.add_argument("--balanced-sampler", action="store_true", help="draw classes equally")
+    parser.add_argument(
+        "--augment",
+        choices=["light", "v3"],
+        default="light",
+        help="light: flip, rotation and colour jitter; v3: 02_deeper's richer set",
+    )
+    parser.add_argument("--init", choices=["affectnet", "scratch", "imagenet"], default="affectnet",
+                        help="start point: 04's AffectNet weights, random, or ResNet-18 ImageNet")
+    parser.add_argument("--init-weights", help="the start's weights file (default: the shipped "
+                        "04 file for affectnet, torch's cache or a download for imagenet)")
+    return parser.parse_args(argv), parser
+
+
+def build_train_transform(preprocessing, augment="light"):
+    if augment == "light":  # New in 03_attention: the attention notebook's lighter augmentation
+        return v2.Compose([
+            v2.RandomHorizontalFlip(),
+            # New in 04_affectnet: 10 degrees, not 15
+            v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),  # New in 06_transfer: no saturation
+            eval_transform(preprocessing),
+        ])
+    # New in 02_deeper: version 3's augmentation; each epoch sees every face moved and relit
+    move = v2.RandomAffine(
+        degrees=15,
+        translate=(0.1, 0.1),
+        scale=(0.9, 1.1),
+        shear=10,
+        interpolation=v2.InterpolationMode.BILINEAR,  # nearest would turn edges into steps
+    )
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),  # a mirrored smile is still a smile
+        move,
+        # FER2013 faces are contrast-stretched; photos from a camera are not. Relighting each face a
+        # little teaches the model that brightness and contrast are not the expression.
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+        eval_transform(preprocessing),  # to normalised float exactly as at test time
+        v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no region is relied on alone
+    ])
+
+
+def class_weights(labels, num_classes):  # inverse class frequency; an average image weighs 1
+    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
+    return counts.sum() / (num_classes * counts.clamp(min=1))
+
+
+def build_loaders(args, data):
+    train_images, train_labels = data.split("train")
+    val_images, val_labels = data.split("val")
+    train_transform = build_train_transform(data.preprocessing, args.augment)
+    train_set = ImageDataset(train_images, train_labels, train_transform)
+    val_set = ImageDataset(val_images, val_labels, eval_transform(data.preprocessing))
+    sampler = None
+    if args.balanced_sampler:  # draw each image with its class's weight: classes come equally often
+        shares = class_shares(train_labels, len(data.class_names))  # (N, C): one-hot or FER+ votes
+        image_weights = shares @ class_weights(train_labels, len(data.class_names))  # (N,)
+        sampler = WeightedRandomSampler(image_weights, len(image_weights))  # the global RNG draws
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        shuffle=sampler is None,
+        num_workers=args.num_workers,
+        worker_init_fn=seed_worker,
+        generator=loader_generator(args.seed),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.num_workers > 0,
+    )
+    val_loader = DataLoader(val_set, batch_size=256, num_workers=args.num_workers)
+    return train_loader, val_loader
+
+
+def train_one_epoch(model, loader, criterion, optimizer, device, progress, stop):
+    """One pass over the training set, summed into `progress` (last.pt keeps it after a Ctrl-C)."""
+    model.train()
+    bar = tqdm(loader, f"Epoch {progress['epoch']}", leave=False, disable=not sys.stderr.isatty())
+    for step, (images, labels) in resume_steps(bar, progress, stop):  # ends early after a Ctrl-C
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = criterion(logits, labels)
+        stop_if_diverged(loss, progress, step)  # NaN or inf: stop before the update spreads it
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        targets = class_shares(labels, logits.shape[1]).argmax(dim=1)  # FER+ votes: the top class
+        progress["step"] = step
+        progress["loss_sum"] += loss.item() * len(labels)
+        progress["correct"] += (logits.argmax(dim=1) == targets).sum().item()
+        progress["seen"] += len(labels)
+        bar.set_postfix(loss=progress["loss_sum"] / progress["seen"])
+
+
+def start_model(args, class_names, preprocessing):
+    """The network and the weights it starts from. Only this differs between the runs compared."""
+    if args.init == "scratch":
+        return model_lib.build_model(len(class_names), 1), {"arch": "affectnet-cnn"}
+    if args.init == "imagenet":
+        weights = args.init_weights or cached_download(IMAGENET_URL, "--init-weights")
+        model = model_lib.build_resnet18(len(class_names), preprocessing, weights)
+        return model, {"arch": "resnet18"}
+    weights = args.init_weights or AFFECTNET_WEIGHTS
+    source = load_checkpoint(weights)
+    if source.get("stage") != "04_affectnet":
+        raise UserError(f"{weights}: was trained by {source.get('stage', 'no stage')}, not "
+                        f"04_affectnet; pass a 04_affectnet best.pt or weights file")
+    model = model_lib.from_affectnet(source, class_names, preprocessing)
+    return model, {"arch": "affectnet-cnn"}
+
+
+def main(argv=None):
+    args, parser = get_args(argv)
+    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: its last.pt and its recipe
+    out = claim_run_folder(args, STAGE)  # a new folder, or the one --resume or --overwrite names
+    args.out = str(out.resolve())  # absolute, so eval and --resume work from any folder
+    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, say how to go on
+    print("args:", json.dumps(vars(args)))
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+
+    # New in 06_transfer: back to FER2013 (data/fer2013.csv by default)
+    if args.data is None:
+        args.data = str(find_default_data() or "builtin")
+    relabel = {"labels": args.labels, "ferplus": args.ferplus, "ferplus_mode": args.ferplus_mode}
+    data = load_data(args.data, seed=args.seed, **relabel)
+    check_same_classes(checkpoint, data.class_names)
+    train_loader, val_loader = build_loaders(args, data)
+    if Path(args.data).exists():
+        args.data = str(Path(args.data).resolve())  # config.json holds absolute paths
+
+    # New in 06_transfer: the start point. model_kwargs go into best.pt, so eval rebuilds the net.
+    model, model_kwargs = start_model(args, data.class_names, data.preprocessing)
+    model = model.to(device)
+    weight = None
+    if args.class_weights:
+        weight = class_weights(data.split("train")[1], len(data.class_names)).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)  # noisy crowd labels
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)  # decoupled
+    # The learning rate falls from lr to 0 along half a cosine over --epochs, so every run ends
+    # with slow, careful steps. (Lowering it when the validation loss plateaus never fired within
+    # 30 epochs on FER2013.) A formula of the epoch, so `--resume --epochs N` stretches the curve.
+    def cosine(epoch):  # multiplies lr: 1 at the start, 0 after the last epoch
+        return 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+    # A new run starts from these counters, a resumed one from those in its last.pt.
+    counters = checkpoint or {
+        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
+    }
+    start_epoch = counters["epoch"] + 1
+    history = counters["history"]
+    best_f1 = counters["best_f1"]
+    bad_epochs = counters["bad_epochs"]
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
+        set_rng_states(checkpoint["rng"])
+        train_loader.generator.set_state(checkpoint["rng"]["loader"])
+    else:  # the weights before the first step: layers.py measures how far each layer moved
+        save_checkpoint(out / "start.pt", model.state_dict())
+    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id (--resume)
+    write_json(out / "config.json", vars(args))
+    writer = open_tensorboard(out) if args.tensorboard else None
+    sizes = " ".join(f"{split} {size}" for split, size in data.sizes().items())
+    print(f"stage {STAGE} | device {device} | {count_parameters(model):,} parameters | {sizes} | "
+          f"classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        started = time.time()
+        progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        train_one_epoch(model, train_loader, criterion, optimizer, device, progress, stop)
+        train_loss = progress["loss_sum"] / progress["seen"]
+        train_acc = progress["correct"] / progress["seen"]
+        train_seconds = time.time() - started
+        stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
+        if not stopped:
+            val = eval_lib.evaluate(model, val_loader, device)
+            stop_if_diverged(val["loss"], progress)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()  # one step along the cosine per epoch
+            seconds = time.time() - started
+            improved = val["macro_f1"] > best_f1  # strictly better: a tie keeps the earlier epoch
+            best_f1 = max(best_f1, val["macro_f1"])
+            # Early stopping watches the metric best.pt is chosen on. The validation loss is a poor
+            # guide here: as the model grows confident it rises while accuracy still climbs.
+            bad_epochs = 0 if improved else bad_epochs + 1
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val["macro_f1"],
+                "lr": lr, "img_per_s": len(train_loader.dataset) / train_seconds,
+                "seconds": seconds,
+            })
+        state = {
+            "stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(),
+            "model_kwargs": model_kwargs,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
+            "progress": stopped_progress(progress) if stopped else None,
+            "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
+            "config": vars(args), "class_names": data.class_names,
+            "preprocessing": data.preprocessing,
+        }
+        if not stopped and improved:  # chosen on validation macro-F1, never on test. Saved first:
+            save_checkpoint(out / "best.pt", state)  # a kill between the saves cannot lose it
+        save_checkpoint(out / "last.pt", state)
+        write_metrics_csv(out / "metrics.csv", history)
+        stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C: saved, so stop
+        if writer:
+            log_scalars(writer, history[-1])
+        if tracker:
+            log_wandb(tracker, history[-1])
+        line = (f"Epoch {epoch}/{args.epochs} | "
+                f"train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
+                f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% "
+                f"f1 {val['macro_f1']:.3f} | lr {lr:.1e} | "
+                f"{history[-1]['img_per_s']:.0f} img/s | {seconds:.0f}s")
+        print(line + (" *" if improved else ""), flush=True)  # * marks a new best.pt
+        if bad_epochs >= args.patience:
+            print(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
+            break
+
+    if history:
+        plot_curves(history, out / "curves.png", title=f"{STAGE} on {Path(data.source).name}")
+        if tracker:  # the best model's confusion matrix, curves.png and best.pt as an artifact
+            evaluate = eval_lib.evaluate
+            finish_wandb(tracker, out, model, val_loader, device, evaluate, data.class_names)
+        best = max(history, key=lambda row: row["val_f1"])
+        per_epoch = sum(row["seconds"] for row in history) / len(history)
+        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% "
+              f"f1 {best['val_f1']:.3f} | {len(history)} epochs, {per_epoch:.1f} s/epoch | "
+              f"{out / 'best.pt'}")
+    stop.close()
+    return history
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:  # bad input: one line saying what to fix, not a traceback
+        sys.exit(f"error: {e}")
