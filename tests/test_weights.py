@@ -21,7 +21,9 @@ def test_weights_folder_holds_exactly_the_manifest_within_the_size_budget():
     assert MANIFEST, "weights/manifest.json lists no files"
     assert sorted(p.name for p in ckpt.WEIGHTS_DIR.glob("*.pt")) == sorted(e["file"] for e in MANIFEST)
     total = sum((ckpt.WEIGHTS_DIR / entry["file"]).stat().st_size for entry in MANIFEST)
-    assert total < 12 * 1024 * 1024
+    # 12 MB holds the FER2013 stages 01-03 and 04's AffectNet model; 06's transfer model (2.3M
+    # parameters, float16) adds 4.5 MB and 02's will add 2.5 MB, so the folder stays under 16 MB.
+    assert total < 16 * 1024 * 1024
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
