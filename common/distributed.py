@@ -7,6 +7,8 @@ Each process trains on its own share of every batch; DistributedDataParallel ave
 gradients, so all copies take the same step and hold the same weights.
 
 Started without torchrun, every function here does the single-process thing (rank 0 of 1).
+last.pt keeps every process's random states, and --resume gives each process its own back
+(restore_process_rng).
 """
 import os
 import signal
@@ -15,6 +17,8 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from common.checkpoint import get_rng_states, set_rng_states
 
 
 def silence_other_processes():
@@ -47,6 +51,21 @@ def close_distributed():
     """Leave the process group (a no-op without torchrun)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def restore_process_rng(checkpoint, rank, world_size):
+    """--resume: this process's random states from last.pt, which keeps one entry per process.
+
+    Resumed with as many processes as before, each takes back its own states, so the run goes on
+    as it would have; with another count, each keeps the fresh seeds of this run. A stopped epoch
+    goes on with the states this process now holds.
+    """
+    rng = get_rng_states()
+    if len(checkpoint["rng"]) == world_size:
+        rng = checkpoint["rng"][rank]
+    set_rng_states(rng)
+    if checkpoint.get("progress"):
+        checkpoint["progress"] = {**checkpoint["progress"], "rng": rng}
 
 
 def broadcast_object(obj):

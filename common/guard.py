@@ -2,7 +2,8 @@
 a stop on a diverged loss, and Ctrl-C that saves. The run folder's own safety (locked, never silently
 replaced) is in common/runfolder.py.
 
-Every stage's train.py calls these in the same few lines, so the lesson in train.py stays the recipe.
+Every stage's train.py calls these in the same few lines (resume_run and StopSignal through
+common/run.py's start_run), so the lesson in train.py stays the recipe.
 """
 import argparse
 import math

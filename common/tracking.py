@@ -1,7 +1,7 @@
 """Optional experiment tracking with Weights & Biases (W&B), for `train.py --wandb`.
 
 metrics.csv and config.json stay the record of every run; W&B adds a dashboard to share runs
-and compare them. train.py calls three functions:
+and compare them. A stage's RunLog (common/run.py) calls three functions for its train.py:
 
     run = open_wandb(args, out, STAGE)     # start (or continue) a W&B run, log the config
     log_wandb(run, row)                    # every epoch: the row just written to metrics.csv

@@ -107,8 +107,9 @@ def test_builtin_default_is_the_eight_class_colour_variant(monkeypatch, tmp_path
     import common.data as data_lib
     small = data_lib.make_builtin_dataset
     monkeypatch.setattr(data_lib, "make_builtin_dataset", lambda **kw: small(**kw, sizes=(96, 32, 8)))  # 96px is slow to draw
+    import common.run as run_lib
+    monkeypatch.setattr(run_lib, "find_default_affectnet", lambda: None)  # as on a machine without data/affectnet/
     train = load_stage_module(STAGE, "train")
-    monkeypatch.setattr(train, "find_default_affectnet", lambda: None)  # as on a machine without data/affectnet/
     history = train.main(["--epochs", "1", "--image-size", "32", "--out", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
     assert json.loads(lines[0][len("args: "):])["data"] is None

@@ -24,11 +24,14 @@ PAIRS = [(COPIED_FROM.get(stage, previous), stage) for previous, stage in zip(ST
 TRAIN_DIFF_BUDGET = 65  # changed code lines between a stage's train.py and the one it copies
 # 07_fast's lesson is the training loop itself (batching, precision, processes), not a recipe.
 LOOP_STAGE_BUDGET = {"07_fast": 230}
-# The house style aims at 200 lines; the run plumbing every stage's main() still spells out
-# (resume, stop signals, run folder, trackers) keeps 01-04 above it, so this is a ceiling, not
-# the aim. 07_fast's loop also shares the run folder, the stop and the sums between processes.
-TRAIN_PY_LINES = 300
-LOOP_STAGE_LINES = {"07_fast": 350}
+# The house style aims at 200 lines: the plumbing every stage shares (the shared flags, starting a
+# run, finding its data, the checkpoint's bookkeeping keys, the logs) lives in common/, so train.py
+# holds the recipe. A stage copies the whole recipe of the one it builds on and adds its own, so
+# the later ones run longer: 03_attention keeps 02's augmentation beside its own (--augment v3),
+# 04_affectnet adds AffectNet's data, image size and grayscale flags to that, and 07_fast's loop
+# also shares the run folder, the stop, the batches and the sums between processes.
+TRAIN_PY_LINES = 200
+LONGER_TRAIN_PY = {"03_attention": 215, "04_affectnet": 225, "07_fast": 280}
 MODEL_PY_LINES = 120
 ATTENTION_MODEL_PY_LINES = 170  # a model with CBAM attention (03, and 07, which reuses it)
 LINE_LENGTH = 100
@@ -180,7 +183,7 @@ def test_train_py_keeps_the_section_order(stage):
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_files_stay_short(stage):
     train_lines = len((REPO / stage / "train.py").read_text().splitlines())
-    assert train_lines <= LOOP_STAGE_LINES.get(stage, TRAIN_PY_LINES), f"{stage}/train.py: {train_lines}"
+    assert train_lines <= LONGER_TRAIN_PY.get(stage, TRAIN_PY_LINES), f"{stage}/train.py: {train_lines}"
     model = (REPO / stage / "model.py").read_text()
     limit = ATTENTION_MODEL_PY_LINES if "class CBAM(" in model else MODEL_PY_LINES
     assert len(model.splitlines()) <= limit, f"{stage}/model.py: {len(model.splitlines())} lines"
