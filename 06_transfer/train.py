@@ -15,8 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
-import argparse
-import json
 import math
 import time
 
@@ -26,20 +24,14 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common.checkpoint import (get_rng_states, save_checkpoint, set_rng_states, write_json,
-                               write_metrics_csv)
-from common.checkpoint import load_checkpoint
-from common.data import ImageDataset, eval_transform, find_default_data, load_data
-from common.guard import (StopSignal, check_same_classes, epoch_progress, non_negative_int,
-                          output_dir, positive_float, positive_int, resume_run, resume_steps,
-                          stop_if_diverged, stopped_progress)
+from common.checkpoint import load_checkpoint, save_checkpoint, write_metrics_csv
+from common.data import ImageDataset, eval_transform
+from common.flags import add_run_flags, stage_parser
+from common.guard import epoch_progress, positive_int, resume_steps, stop_if_diverged
 from common.metrics import class_shares
-from common.plots import plot_curves
-from common.runfolder import claim_run_folder
-from common.runtime import (UserError, cached_download, count_parameters, import_sibling,
-                            loader_generator, log_scalars, open_tensorboard, pick_device,
-                            seed_everything, seed_worker)
-from common.tracking import finish_wandb, log_wandb, open_wandb
+from common.run import RunLog, epoch_row, load_run_data, restore_training, start_run
+from common.runtime import (UserError, cached_download, import_sibling, loader_generator,
+                            pick_device, seed_everything, seed_worker)
 
 STAGE = Path(__file__).resolve().parent.name
 LESSON = ["--data", "--epochs", "build_train_transform", "main"]
@@ -50,23 +42,11 @@ eval_lib = import_sibling(__file__, "eval")
 
 
 def get_args(argv=None):
-    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows every flag's default
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=defaults)
+    parser = stage_parser(__doc__)  # --help: this file's first line, then every flag's default
     parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, dropout")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--num-workers", type=non_negative_int, default=1, help="loader processes")
-    parser.add_argument("--out", type=output_dir, help="run folder (default: runs/<stage>/<time>)")
-    parser.add_argument("--resume", help="last.pt of a stopped run: continue it in its folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013")
-    parser.add_argument("--ferplus", help="FER+ votes (fer2013new.csv) for --labels ferplus")
-    parser.add_argument("--ferplus-mode", choices=["majority", "probability"], default="majority")
-    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
-    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    add_run_flags(parser)  # --batch-size, --lr, --seed, ... --wandb: the same in every stage
+    parser.set_defaults(num_workers=1)  # New in 02_deeper: a worker augments while the model trains
     # stage-specific flags
     parser.add_argument("--patience", type=positive_int, default=7, help="early-stopping patience")
     parser.add_argument("--class-weights", action="store_true", help="rare classes weigh more")
@@ -183,23 +163,13 @@ def start_model(args, class_names, preprocessing):
 
 def main(argv=None):
     args, parser = get_args(argv)
-    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: its last.pt and its recipe
-    out = claim_run_folder(args, STAGE)  # a new folder, or the one --resume or --overwrite names
-    args.out = str(out.resolve())  # absolute, so eval and --resume work from any folder
-    stop = StopSignal(out)  # Ctrl-C or SIGTERM: finish the step, save last.pt, say how to go on
-    print("args:", json.dumps(vars(args)))
+    checkpoint, args, out, stop = start_run(args, parser, STAGE)  # --resume, run folder, Ctrl-C
     seed_everything(args.seed)
     device = pick_device(args.device)
 
     # New in 06_transfer: back to FER2013 (data/fer2013.csv by default)
-    if args.data is None:
-        args.data = str(find_default_data() or "builtin")
-    relabel = {"labels": args.labels, "ferplus": args.ferplus, "ferplus_mode": args.ferplus_mode}
-    data = load_data(args.data, seed=args.seed, **relabel)
-    check_same_classes(checkpoint, data.class_names)
+    data = load_run_data(args, checkpoint)
     train_loader, val_loader = build_loaders(args, data)
-    if Path(args.data).exists():
-        args.data = str(Path(args.data).resolve())  # config.json holds absolute paths
 
     # New in 06_transfer: the start point. model_kwargs go into best.pt, so eval rebuilds the net.
     model, model_kwargs = start_model(args, data.class_names, data.preprocessing)
@@ -217,93 +187,54 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
     # A new run starts from these counters, a resumed one from those in its last.pt.
-    counters = checkpoint or {
-        "epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0,
-    }
-    start_epoch = counters["epoch"] + 1
+    counters = checkpoint or {"epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0}
     history = counters["history"]
     best_f1 = counters["best_f1"]
     bad_epochs = counters["bad_epochs"]
+    restore_training(checkpoint, model, optimizer, train_loader)  # only with --resume
     if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
-        set_rng_states(checkpoint["rng"])
-        train_loader.generator.set_state(checkpoint["rng"]["loader"])
     else:  # the weights before the first step: layers.py measures how far each layer moved
         save_checkpoint(out / "start.pt", model.state_dict())
-    tracker = open_wandb(args, out, STAGE) if args.wandb else None  # sets args.wandb_id (--resume)
-    write_json(out / "config.json", vars(args))
-    writer = open_tensorboard(out) if args.tensorboard else None
-    sizes = " ".join(f"{split} {size}" for split, size in data.sizes().items())
-    print(f"stage {STAGE} | device {device} | {count_parameters(model):,} parameters | {sizes} | "
-          f"classes {', '.join(data.class_names)} | seed {args.seed} | run {out}")
+    log = RunLog(STAGE, args, out, data)  # config.json; TensorBoard and W&B when asked for
+    log.header(device, model)  # stage, device, parameters, split sizes, classes, seed, run folder
 
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in range(counters["epoch"] + 1, args.epochs + 1):
         started = time.time()
         progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
         train_one_epoch(model, train_loader, criterion, optimizer, device, progress, stop)
-        train_loss = progress["loss_sum"] / progress["seen"]
-        train_acc = progress["correct"] / progress["seen"]
-        train_seconds = time.time() - started
+        img_per_s = len(train_loader.dataset) / (time.time() - started)  # training alone
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
         if not stopped:
             val = eval_lib.evaluate(model, val_loader, device)
             stop_if_diverged(val["loss"], progress)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()  # one step along the cosine per epoch
-            seconds = time.time() - started
             improved = val["macro_f1"] > best_f1  # strictly better: a tie keeps the earlier epoch
             best_f1 = max(best_f1, val["macro_f1"])
             # Early stopping watches the metric best.pt is chosen on. The validation loss is a poor
             # guide here: as the model grows confident it rises while accuracy still climbs.
             bad_epochs = 0 if improved else bad_epochs + 1
-            history.append({
-                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val["macro_f1"],
-                "lr": lr, "img_per_s": len(train_loader.dataset) / train_seconds,
-                "seconds": seconds,
-            })
+            history.append(epoch_row(epoch, progress, val, lr, img_per_s, time.time() - started))
         state = {
-            "stage": STAGE, "epoch": epoch - stopped, "model": model.state_dict(),
+            "epoch": epoch - stopped, "model": model.state_dict(),
             "model_kwargs": model_kwargs,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
-            "progress": stopped_progress(progress) if stopped else None,
-            "rng": {**get_rng_states(), "loader": train_loader.generator.get_state()},
-            "config": vars(args), "class_names": data.class_names,
-            "preprocessing": data.preprocessing,
+            **log.checkpoint_keys(progress, stopped, train_loader),  # stage, config, RNG states
         }
         if not stopped and improved:  # chosen on validation macro-F1, never on test. Saved first:
             save_checkpoint(out / "best.pt", state)  # a kill between the saves cannot lose it
         save_checkpoint(out / "last.pt", state)
         write_metrics_csv(out / "metrics.csv", history)
         stop.exit_if_requested(STAGE, out / "last.pt", progress)  # after Ctrl-C: saved, so stop
-        if writer:
-            log_scalars(writer, history[-1])
-        if tracker:
-            log_wandb(tracker, history[-1])
-        line = (f"Epoch {epoch}/{args.epochs} | "
-                f"train loss {train_loss:.3f} acc {100 * train_acc:.1f}% | "
-                f"val loss {val['loss']:.3f} acc {100 * val['accuracy']:.1f}% "
-                f"f1 {val['macro_f1']:.3f} | lr {lr:.1e} | "
-                f"{history[-1]['img_per_s']:.0f} img/s | {seconds:.0f}s")
-        print(line + (" *" if improved else ""), flush=True)  # * marks a new best.pt
+        log.epoch(history[-1], improved)  # TensorBoard and W&B when open; one line on stdout
         if bad_epochs >= args.patience:
             print(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
             break
 
-    if history:
-        plot_curves(history, out / "curves.png", title=f"{STAGE} on {Path(data.source).name}")
-        if tracker:  # the best model's confusion matrix, curves.png and best.pt as an artifact
-            evaluate = eval_lib.evaluate
-            finish_wandb(tracker, out, model, val_loader, device, evaluate, data.class_names)
-        best = max(history, key=lambda row: row["val_f1"])
-        per_epoch = sum(row["seconds"] for row in history) / len(history)
-        print(f"done | best epoch {best['epoch']}: val acc {100 * best['val_acc']:.1f}% "
-              f"f1 {best['val_f1']:.3f} | {len(history)} epochs, {per_epoch:.1f} s/epoch | "
-              f"{out / 'best.pt'}")
+    log.finish(history, model, val_loader, device, eval_lib.evaluate)  # curves.png and a summary
     stop.close()
     return history
 
