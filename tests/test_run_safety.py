@@ -84,11 +84,15 @@ def test_sigterm_exits_143_and_a_second_ctrl_c_exits_at_once(csv_400, tmp_path):
     assert process.returncode == 143 and "Traceback" not in err
     assert out.splitlines()[-1].startswith("stopped at epoch 1 step ")
 
-    process = start("--data", csv_400, "--batch-size", "100", "--epochs", "1", "--out", tmp_path / "twice")
+    # many epochs, so the run cannot end on its own before the signals arrive
+    process = start("--data", csv_400, "--batch-size", "100", "--epochs", "50", "--out", tmp_path / "twice")
     wait_for_training(process)
     process.send_signal(signal.SIGINT)
-    while not process.stderr.readline().startswith("SIGINT: stopping after this step"):
-        pass
+    for line in process.stderr:  # ends at EOF: a run that exits without the notice fails below
+        if line.startswith("SIGINT: stopping after this step"):
+            break
+    else:
+        pytest.fail("the run ended without saying it would stop after this step")
     process.send_signal(signal.SIGINT)  # while that step still runs
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err
