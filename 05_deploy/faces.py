@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import numpy as np
 import torch
@@ -46,26 +46,38 @@ def choose_model(path):
         return path
     path, entry = best_shipped_model(FER2013_CLASSES)  # 04's AffectNet model scores another test
     if path is None:
-        raise UserError("no --model given and no shipped weights in weights/; pass a run's best.pt or a .onnx")
-    print(f"model: {path.relative_to(REPO_ROOT)} (the most accurate shipped model: {entry['stage']}, "
-          f"{100 * entry['test_accuracy']:.1f}% on FER2013 PrivateTest); pass --model to use another")
+        raise UserError("no --model given and no shipped weights in weights/; "
+                        "pass a run's best.pt or a .onnx")
+    print(f"model: {path.relative_to(REPO_ROOT)} "
+          f"(the most accurate shipped model: {entry['stage']}, "
+          f"{100 * entry['test_accuracy']:.1f}% on FER2013 PrivateTest); "
+          f"pass --model to use another")
     return path
 
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):
     """Rebuild the model of the stage that trained `checkpoint` (on the CPU, in eval mode)."""
-    if checkpoint.get("stage") == "ensemble":  # ensemble.pt from 05_deploy/ensemble.py: several members in one file
+    # ensemble.pt from 05_deploy/ensemble.py: several members in one file
+    if checkpoint.get("stage") == "ensemble":
         return import_sibling(__file__, "ensemble").from_checkpoint(checkpoint)
-    missing = [key for key in ("stage", "model", "class_names", "preprocessing") if key not in checkpoint]
+    missing = [
+        key
+        for key in ("stage", "model", "class_names", "preprocessing")
+        if key not in checkpoint
+    ]
     if missing:
         raise UserError(f"{path}: not a checkpoint of this course (no {', '.join(missing)}); "
                         f"pass the best.pt of a run folder")
     model_file = REPO_ROOT / checkpoint["stage"] / "model.py"
     if not model_file.is_file():
-        raise UserError(f"{path}: was trained by stage {checkpoint['stage']}, but {model_file} is missing")
+        raise UserError(f"{path}: was trained by stage {checkpoint['stage']}, "
+                        f"but {model_file} is missing")
     model_lib = import_sibling(model_file, "model")  # by path: every stage has its own model.py
-    model = model_lib.build_model(len(checkpoint["class_names"]), checkpoint["preprocessing"]["channels"],
-                                  **checkpoint.get("model_kwargs", {}))
+    model = model_lib.build_model(
+        len(checkpoint["class_names"]),
+        checkpoint["preprocessing"]["channels"],
+        **checkpoint.get("model_kwargs", {}),
+    )
     model.load_state_dict(checkpoint["model"])
     return model.eval()  # dropout off, BatchNorm on its running statistics
 
@@ -84,7 +96,8 @@ class Classifier:
     def __init__(self, path):
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"{path}: model not found; pass a run's best.pt or a .onnx from 05_deploy/export.py")
+            raise UserError(f"{path}: model not found; "
+                            f"pass a run's best.pt or a .onnx from 05_deploy/export.py")
         self.path = path
         if path.suffix.lower() == ".onnx":
             self._load_onnx(path)
@@ -100,7 +113,8 @@ class Classifier:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
-            raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: not a readable ONNX model "
+                            f"({str(e).splitlines()[0][:200]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if not all(key in meta for key in METADATA_KEYS):
             raise UserError(f"{path}: has no class names or preprocessing in its metadata; "
@@ -122,8 +136,10 @@ class Classifier:
         else:
             with torch.inference_mode():
                 probs = self.model(batch).softmax(dim=1).numpy()
-        if not np.isfinite(probs).all():  # NaN weights (an .onnx exported from a diverged run) give NaN answers
-            raise UserError(f"{self.path}: the model gives NaN probabilities (its weights are not finite); "
+        # NaN weights (an .onnx exported from a diverged run) give NaN answers
+        if not np.isfinite(probs).all():
+            raise UserError(f"{self.path}: the model gives NaN probabilities "
+                            f"(its weights are not finite); "
                             f"retrain with a lower --lr and export again")
         return probs
 
@@ -136,30 +152,50 @@ class Classifier:
 # ---------------------------------------------------------------- finding and cropping faces
 
 class FaceDetector:
-    """OpenCV's frontal-face Haar cascade: fast on a CPU, shipped inside opencv-python(-headless) 4.x."""
+    """OpenCV's frontal-face Haar cascade: fast on a CPU, shipped inside
+    opencv-python(-headless) 4.x."""
 
     def __init__(self, scale_factor=1.1, min_neighbors=5, min_fraction=0.05, max_side=800):
         cv2 = require("cv2", "opencv-python-headless<5")
-        cascade = Path(getattr(getattr(cv2, "data", None), "haarcascades", "")) / "haarcascade_frontalface_default.xml"
+        cascade = (
+            Path(getattr(getattr(cv2, "data", None), "haarcascades", ""))
+            / "haarcascade_frontalface_default.xml"
+        )
         if not cascade.is_file():  # OpenCV 5 no longer ships the cascades
-            raise UserError(f"OpenCV {cv2.__version__} has no Haar cascade files: pip install 'opencv-python-headless<5'")
+            raise UserError(f"OpenCV {cv2.__version__} has no Haar cascade files: "
+                            f"pip install 'opencv-python-headless<5'")
         self.cv2, self.cascade = cv2, cv2.CascadeClassifier(str(cascade))
-        self.scale_factor = scale_factor  # step between the scales searched: smaller finds more, slower
-        self.min_neighbors = min_neighbors  # overlapping hits a face needs: higher, fewer false faces
-        self.min_fraction = min_fraction  # ignore faces smaller than this share of the image's short side
-        self.max_side = max_side  # search a copy shrunk to this: a 12-megapixel photo takes seconds at full size
+        # step between the scales searched: smaller finds more, slower
+        self.scale_factor = scale_factor
+        # overlapping hits a face needs: higher, fewer false faces
+        self.min_neighbors = min_neighbors
+        # ignore faces smaller than this share of the image's short side
+        self.min_fraction = min_fraction
+        # search a copy shrunk to this: a 12-megapixel photo takes seconds at full size
+        self.max_side = max_side
 
     def __call__(self, image_rgb):
         """Boxes (x, y, w, h) as ints, largest face first."""
         gray = self.cv2.cvtColor(image_rgb, self.cv2.COLOR_RGB2GRAY)
         shrink = min(1.0, self.max_side / max(gray.shape))
         if shrink < 1:
-            gray = self.cv2.resize(gray, None, fx=shrink, fy=shrink, interpolation=self.cv2.INTER_AREA)
+            gray = self.cv2.resize(
+                gray,
+                None,
+                fx=shrink,
+                fy=shrink,
+                interpolation=self.cv2.INTER_AREA,
+            )
         gray = self.cv2.equalizeHist(gray)  # the cascade was trained on evenly lit faces
         smallest = max(24, int(self.min_fraction * min(gray.shape)))
-        boxes = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                              minSize=(smallest, smallest))
-        boxes = [tuple(int(round(v / shrink)) for v in box) for box in boxes]  # back to the image's pixels
+        boxes = self.cascade.detectMultiScale(
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(smallest, smallest),
+        )
+        # back to the image's pixels
+        boxes = [tuple(int(round(v / shrink)) for v in box) for box in boxes]
         return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 
@@ -191,22 +227,51 @@ def draw_face(cv2, frame_bgr, box, class_names, probs):
     scale = max(0.35, h / 220)
     label = f"{class_names[top]} {100 * probs[top]:.0f}%"
     (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    ly = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4  # above the box, or below it at the top edge
+    # above the box, or below it at the top edge
+    ly = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4
     cv2.rectangle(frame_bgr, (x, ly - th - base), (x + tw + 4, ly + base), GREEN, -1)
-    cv2.putText(frame_bgr, label, (x + 2, ly), cv2.FONT_HERSHEY_SIMPLEX, scale, BLACK, thick, cv2.LINE_AA)
+    cv2.putText(
+        frame_bgr,
+        label,
+        (x + 2, ly),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        BLACK,
+        thick,
+        cv2.LINE_AA,
+    )
 
     row = max(11, h // len(class_names))  # the bar panel is as tall as the face
     font = row / 30
-    name_w = max(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0] for n in class_names) + 6
+    name_w = max(
+        cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0]
+        for n in class_names
+    ) + 6
     bar_w = 4 * row
     panel_w, panel_h = name_w + bar_w + 6, row * len(class_names)
     px = x + w + 6 if x + w + 6 + panel_w <= frame_bgr.shape[1] else max(0, x - 6 - panel_w)
     py = min(max(0, y), max(0, frame_bgr.shape[0] - panel_h))
     region = frame_bgr[py:py + panel_h, px:px + panel_w]
-    region[:] = (0.35 * region).astype(np.uint8)  # darken what is behind the panel so the text reads
+    # darken what is behind the panel so the text reads
+    region[:] = (0.35 * region).astype(np.uint8)
     for i, (name, p) in enumerate(zip(class_names, probs)):
         ry = py + i * row
         color = GREEN if i == top else WHITE
-        cv2.putText(frame_bgr, name, (px + 3, ry + row - 3), cv2.FONT_HERSHEY_SIMPLEX, font, color, 1, cv2.LINE_AA)
+        cv2.putText(
+            frame_bgr,
+            name,
+            (px + 3, ry + row - 3),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font,
+            color,
+            1,
+            cv2.LINE_AA,
+        )
         bx = px + name_w
-        cv2.rectangle(frame_bgr, (bx, ry + 2), (bx + max(1, int(bar_w * float(p))), ry + row - 2), color, -1)
+        cv2.rectangle(
+            frame_bgr,
+            (bx, ry + 2),
+            (bx + max(1, int(bar_w * float(p))), ry + row - 2),
+            color,
+            -1,
+        )

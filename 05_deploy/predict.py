@@ -1,8 +1,8 @@
 """Find faces in photos, read their expressions, save annotated copies and a table of results.
 
-    python 05_deploy/predict.py --model runs/01_baseline/<run>/best.pt photo.jpg      # a checkpoint...
-    python 05_deploy/predict.py --model runs/01_baseline/<run>/best.onnx photos/      # ...or its ONNX export
-    python 05_deploy/predict.py --model best.onnx --no-detect crops/ --out results/   # faces already cropped
+    python 05_deploy/predict.py --model runs/01_baseline/<run>/best.pt photo.jpg  # a checkpoint...
+    python 05_deploy/predict.py --model runs/01_baseline/<run>/best.onnx photos/  # ...or its export
+    python 05_deploy/predict.py --model best.onnx --no-detect crops/ --out results/  # cropped faces
 
 Each face: OpenCV's Haar cascade finds it, a square crop with a margin goes through the very
 preprocessing the model was trained with (common.data.preprocess_face), the model gives one
@@ -13,7 +13,7 @@ gets one line and the rest of the batch goes on.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import csv
@@ -28,7 +28,8 @@ from common.guard import non_negative_float, non_negative_int, output_dir, posit
 from common.runtime import RUNS_DIR, UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
-MIN_ANNOTATED_SIDE = 360  # small images (a 48x48 crop) are enlarged for the annotated copy only, so labels read
+# small images (a 48x48 crop) are enlarged for the annotated copy only, so labels read
+MIN_ANNOTATED_SIDE = 360
 
 
 def get_args(argv=None):
@@ -37,12 +38,34 @@ def get_args(argv=None):
     parser.add_argument("--model", help="a run's best.pt (any stage) or a .onnx from export.py "
                                         "(default: the most accurate file in weights/)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--out", type=output_dir, help="folder for the results (default: runs/05_deploy/predict-<timestamp>)")
-    parser.add_argument("--no-detect", action="store_true", help="each image is already one cropped face")
-    parser.add_argument("--margin", type=non_negative_float, default=0.1, help="crop margin around a found face, share of its size")
-    parser.add_argument("--min-neighbors", type=non_negative_int, default=5, help="Haar cascade strictness: higher, fewer false faces")
-    parser.add_argument("--min-face", type=positive_float, default=0.05,
-                        help="smallest face searched for, share of the image's short side (smaller: slower)")
+    parser.add_argument(
+        "--out",
+        type=output_dir,
+        help="folder for the results (default: runs/05_deploy/predict-<timestamp>)",
+    )
+    parser.add_argument(
+        "--no-detect",
+        action="store_true",
+        help="each image is already one cropped face",
+    )
+    parser.add_argument(
+        "--margin",
+        type=non_negative_float,
+        default=0.1,
+        help="crop margin around a found face, share of its size",
+    )
+    parser.add_argument(
+        "--min-neighbors",
+        type=non_negative_int,
+        default=5,
+        help="Haar cascade strictness: higher, fewer false faces",
+    )
+    parser.add_argument(
+        "--min-face",
+        type=positive_float,
+        default=0.05,
+        help="smallest face searched for, share of the image's short side (smaller: slower)",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,7 +74,9 @@ def list_images(inputs):
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
             if not files:
                 yield path, "no image files in this folder"
             yield from ((p, None) for p in files)
@@ -68,7 +93,8 @@ def read_photo(path):
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot be read as an image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise UserError(f"{path}: cannot be read as an image "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return np.asarray(img)
 
 
@@ -80,7 +106,13 @@ def annotate(cv2, image_rgb, results, class_names):
         frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     for face in results:
         box = [int(round(v * scale)) for v in face["box"]]
-        faces.draw_face(cv2, frame, box, class_names, [face["probabilities"][c] for c in class_names])
+        faces.draw_face(
+            cv2,
+            frame,
+            box,
+            class_names,
+            [face["probabilities"][c] for c in class_names],
+        )
     return frame
 
 
@@ -102,8 +134,14 @@ def write_csv(path, rows, class_names):
         writer.writerow(fields)
         for row in rows:
             for i, face in enumerate(row["faces"]):
-                writer.writerow([row["image"], i, *face["box"], face["label"], f"{face['probability']:.4f}",
-                                 *(f"{face['probabilities'][c]:.4f}" for c in class_names)])
+                writer.writerow([
+                    row["image"],
+                    i,
+                    *face["box"],
+                    face["label"],
+                    f"{face['probability']:.4f}",
+                    *(f"{face['probabilities'][c]:.4f}" for c in class_names),
+                ])
 
     atomic_write(path, write, mode="w")
 
@@ -113,8 +151,16 @@ def main(argv=None):
     args.model = faces.choose_model(args.model)
     classifier = faces.Classifier(args.model)
     cv2 = faces.require("cv2", "opencv-python-headless<5")
-    detector = None if args.no_detect else faces.FaceDetector(min_neighbors=args.min_neighbors, min_fraction=args.min_face)
-    out = Path(args.out) if args.out else RUNS_DIR / "05_deploy" / time.strftime("predict-%Y%m%d-%H%M%S")
+    detector = (
+        None
+        if args.no_detect
+        else faces.FaceDetector(min_neighbors=args.min_neighbors, min_fraction=args.min_face)
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else RUNS_DIR / "05_deploy" / time.strftime("predict-%Y%m%d-%H%M%S")
+    )
     out.mkdir(parents=True, exist_ok=True)
     names = classifier.class_names
     rows, used, problems = [], set(), 0
@@ -129,25 +175,47 @@ def main(argv=None):
             problems += 1
             continue
         boxes = [(0, 0, image.shape[1], image.shape[0])] if detector is None else detector(image)
-        crops = [image if detector is None else faces.crop_face(image, box, args.margin)[0] for box in boxes]
+        crops = [
+            image if detector is None else faces.crop_face(image, box, args.margin)[0]
+            for box in boxes
+        ]
         probs = classifier.probabilities(crops)
-        results = [{"box": list(box), "label": names[int(p.argmax())], "probability": float(p.max()),
-                    "probabilities": {c: float(v) for c, v in zip(names, p)}} for box, p in zip(boxes, probs)]
+        results = [
+            {
+                "box": list(box),
+                "label": names[int(p.argmax())],
+                "probability": float(p.max()),
+                "probabilities": {c: float(v) for c, v in zip(names, p)},
+            }
+            for box, p in zip(boxes, probs)
+        ]
         row = {"image": str(path), "faces": results}
         if results:
             row["annotated"] = str(free_name(out, path.stem, used))
-            _, jpeg = cv2.imencode(".jpg", annotate(cv2, image, results, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
-            atomic_write(row["annotated"], lambda f: f.write(jpeg.tobytes()))  # never a half-written picture
+            _, jpeg = cv2.imencode(
+                ".jpg",
+                annotate(cv2, image, results, names),
+                [cv2.IMWRITE_JPEG_QUALITY, 90],
+            )
+            # never a half-written picture
+            atomic_write(row["annotated"], lambda f: f.write(jpeg.tobytes()))
             found = ", ".join(f"{f['label']} {100 * f['probability']:.0f}%" for f in results)
             print(f"{path}: {len(results)} face{'s' if len(results) > 1 else ''}: {found}")
         else:
-            print(f"{path}: no face found (try --min-neighbors 3 or --min-face 0.02; --no-detect for cropped faces)")
+            print(f"{path}: no face found "
+                  f"(try --min-neighbors 3 or --min-face 0.02; --no-detect for cropped faces)")
         rows.append(row)
-    write_json(out / "predictions.json", {"model": str(args.model), "backend": classifier.backend,
-                                          "stage": classifier.stage, "class_names": names, "images": rows})
+    write_json(out / "predictions.json", {
+        "model": str(args.model),
+        "backend": classifier.backend,
+        "stage": classifier.stage,
+        "class_names": names,
+        "images": rows,
+    })
     write_csv(out / "predictions.csv", rows, names)
     n_faces = sum(len(r["faces"]) for r in rows)
-    print(f"done | {len(rows)} image(s), {n_faces} face(s), {problems} unreadable | {classifier.backend} | wrote {out}")
+    print(f"done | {len(rows)} image(s), {n_faces} face(s), {problems} unreadable | "
+          f"{classifier.backend} | wrote {out}")
     return rows, problems
 
 

@@ -1,8 +1,9 @@
-"""Live expressions from a webcam or a video file: face boxes, smoothed labels, frames per second.
+r"""Live expressions from a webcam or a video file: face boxes, smoothed labels, frames per second.
 
-    python 05_deploy/webcam.py --model runs/01_baseline/<run>/best.onnx                # camera 0, in a window
-    python 05_deploy/webcam.py --model best.onnx --camera 1 --output session.mp4        # and record it
-    python 05_deploy/webcam.py --model best.pt --video clip.mp4 --output out.mp4 --no-window   # headless
+    python 05_deploy/webcam.py --model runs/01_baseline/<run>/best.onnx  # camera 0, in a window
+    python 05_deploy/webcam.py --model best.onnx --camera 1 --output session.mp4  # and record it
+    python 05_deploy/webcam.py --model best.pt --video clip.mp4 --output out.mp4 \
+        --no-window  # headless
 
 Press q or Esc in the window to stop (Ctrl+C in the terminal works too; the recording is kept).
 A single frame's prediction jumps around (a blink, a shadow), so each face keeps an exponential
@@ -13,7 +14,7 @@ not opencv-python-headless.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import time
@@ -25,7 +26,8 @@ from common.runtime import UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
 TITLE = "05_deploy webcam (q or Esc to quit)"
-NO_WINDOW = ("this OpenCV build cannot open windows (opencv-python-headless has none); for a window: "
+NO_WINDOW = ("this OpenCV build cannot open windows (opencv-python-headless has none); "
+             "for a window: "
              "pip uninstall opencv-python-headless && pip install 'opencv-python<5'; "
              "or run headless with --no-window --output out.mp4")
 
@@ -35,17 +37,53 @@ def get_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", help="a run's best.pt (any stage) or a .onnx from export.py "
                                         "(default: the most accurate file in weights/)")
-    parser.add_argument("--camera", type=non_negative_int, default=0, help="camera index (0 is the built-in one)")
+    parser.add_argument(
+        "--camera",
+        type=non_negative_int,
+        default=0,
+        help="camera index (0 is the built-in one)",
+    )
     parser.add_argument("--video", help="read this video file instead of a camera")
-    parser.add_argument("--output", type=output_file, help="also write the annotated frames to this video (.mp4 or .avi)")
-    parser.add_argument("--no-window", action="store_true", help="show nothing (for servers; use with --output)")
-    parser.add_argument("--smoothing", type=float, default=0.3,
-                        help="weight of the newest frame in each face's moving average (1 = no smoothing)")
-    parser.add_argument("--max-frames", type=non_negative_int, default=0, help="stop after this many frames (0: until the end)")
-    parser.add_argument("--margin", type=non_negative_float, default=0.1, help="crop margin around a found face, share of its size")
-    parser.add_argument("--min-neighbors", type=non_negative_int, default=5, help="Haar cascade strictness: higher, fewer false faces")
-    parser.add_argument("--min-face", type=positive_float, default=0.15,
-                        help="smallest face searched for, share of the frame's short side (smaller: slower)")
+    parser.add_argument(
+        "--output",
+        type=output_file,
+        help="also write the annotated frames to this video (.mp4 or .avi)",
+    )
+    parser.add_argument(
+        "--no-window",
+        action="store_true",
+        help="show nothing (for servers; use with --output)",
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.3,
+        help="weight of the newest frame in each face's moving average (1 = no smoothing)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=non_negative_int,
+        default=0,
+        help="stop after this many frames (0: until the end)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=non_negative_float,
+        default=0.1,
+        help="crop margin around a found face, share of its size",
+    )
+    parser.add_argument(
+        "--min-neighbors",
+        type=non_negative_int,
+        default=5,
+        help="Haar cascade strictness: higher, fewer false faces",
+    )
+    parser.add_argument(
+        "--min-face",
+        type=positive_float,
+        default=0.15,
+        help="smallest face searched for, share of the frame's short side (smaller: slower)",
+    )
     return parser.parse_args(argv)
 
 
@@ -87,7 +125,11 @@ class FaceTracks:
                 tid = matched[i]
             else:
                 tid, self.next_id = self.next_id, self.next_id + 1
-                self.tracks[tid] = {"box": box, "probs": np.asarray(p, dtype=np.float64), "missed": 0}
+                self.tracks[tid] = {
+                    "box": box,
+                    "probs": np.asarray(p, dtype=np.float64),
+                    "missed": 0,
+                }
             results.append((tid, box, self.tracks[tid]["probs"]))
         seen = {tid for tid, _, _ in results}
         for tid in [t for t in self.tracks if t not in seen]:
@@ -103,21 +145,30 @@ def open_source(cv2, args):
             raise UserError(f"{args.video}: no such video file")
         capture = cv2.VideoCapture(args.video)
         if not capture.isOpened():
-            raise UserError(f"{args.video}: cannot be opened as a video (is it a video file OpenCV's FFmpeg reads?)")
+            raise UserError(f"{args.video}: cannot be opened as a video "
+                            f"(is it a video file OpenCV's FFmpeg reads?)")
     else:
         capture = cv2.VideoCapture(args.camera)
         if not capture.isOpened():
-            raise UserError(f"camera {args.camera} cannot be opened: is it connected and not used by another "
-                            f"program? Try another --camera index, or --video FILE")
+            raise UserError(f"camera {args.camera} cannot be opened: "
+                            f"is it connected and not used by another program? "
+                            f"Try another --camera index, or --video FILE")
     return capture
 
 
 def open_writer(cv2, path, fps, frame):
-    codec = "MJPG" if Path(path).suffix.lower() == ".avi" else "mp4v"  # both built into OpenCV's wheels
+    # both built into OpenCV's wheels
+    codec = "MJPG" if Path(path).suffix.lower() == ".avi" else "mp4v"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (frame.shape[1], frame.shape[0]))
+    writer = cv2.VideoWriter(
+        str(path),
+        cv2.VideoWriter_fourcc(*codec),
+        fps,
+        (frame.shape[1], frame.shape[0]),
+    )
     if not writer.isOpened():
-        raise UserError(f"{path}: cannot write a video here; use a .mp4 or .avi name in a writable folder")
+        raise UserError(f"{path}: cannot write a video here; "
+                        f"use a .mp4 or .avi name in a writable folder")
     return writer
 
 
@@ -135,11 +186,14 @@ def main(argv=None):
         except cv2.error:
             raise UserError(NO_WINDOW) from None
     elif not args.output:
-        print("note: --no-window without --output: frames are processed but neither shown nor saved")
+        print("note: --no-window without --output: "
+              "frames are processed but neither shown nor saved")
     capture = open_source(cv2, args)
     source_fps = capture.get(cv2.CAP_PROP_FPS)
     source_fps = source_fps if 1 <= source_fps <= 240 else 30.0  # cameras often report 0
-    tracks, writer, frames, fps, started = FaceTracks(args.smoothing), None, 0, 0.0, time.perf_counter()
+    tracks = FaceTracks(args.smoothing)
+    writer, frames, fps = None, 0, 0.0
+    started = time.perf_counter()
     try:
         while not args.max_frames or frames < args.max_frames:
             tick = time.perf_counter()
@@ -148,12 +202,24 @@ def main(argv=None):
                 break
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             boxes = detector(rgb)
-            probs = classifier.probabilities([faces.crop_face(rgb, box, args.margin)[0] for box in boxes])
+            probs = classifier.probabilities(
+                [faces.crop_face(rgb, box, args.margin)[0] for box in boxes]
+            )
             for _, box, smoothed in tracks.update(boxes, probs):
                 faces.draw_face(cv2, frame, box, classifier.class_names, smoothed)
             seconds = time.perf_counter() - tick
-            fps = 1 / seconds if frames == 0 else 0.9 * fps + 0.1 / seconds  # smoothed too, so it reads
-            cv2.putText(frame, f"{fps:.1f} fps", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 255), 2, cv2.LINE_AA)
+            # smoothed too, so it reads
+            fps = 1 / seconds if frames == 0 else 0.9 * fps + 0.1 / seconds
+            cv2.putText(
+                frame,
+                f"{fps:.1f} fps",
+                (8, 24),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.7,
+                (0, 255, 255),
+                2,
+                cv2.LINE_AA,
+            )
             if args.output:
                 writer = writer or open_writer(cv2, args.output, source_fps, frame)
                 writer.write(frame)
@@ -171,10 +237,12 @@ def main(argv=None):
         if not args.no_window:
             cv2.destroyAllWindows()
     if frames == 0:
-        raise UserError(f"{args.video or f'camera {args.camera}'}: gave no frames; is it a video OpenCV can decode?")
+        raise UserError(f"{args.video or f'camera {args.camera}'}: gave no frames; "
+                        f"is it a video OpenCV can decode?")
     total = time.perf_counter() - started
     saved = f" | wrote {args.output}" if args.output else ""
-    print(f"done | {frames} frames in {total:.1f}s, {frames / total:.1f} fps | {classifier.backend}{saved}")
+    print(f"done | {frames} frames in {total:.1f}s, {frames / total:.1f} fps | "
+          f"{classifier.backend}{saved}")
     return frames
 
 
