@@ -1,7 +1,8 @@
-"""Per-face latency of a checkpoint in PyTorch and in onnxruntime, plus face detection, on this machine.
+"""Per-face latency of a checkpoint in PyTorch and in onnxruntime, plus face detection,
+on this machine.
 
     python 05_deploy/benchmark.py --checkpoint runs/01_baseline/<run>/best.pt
-    python 05_deploy/benchmark.py --checkpoint runs/0*/*/best.pt --threads 1     # every stage, one core
+    python 05_deploy/benchmark.py --checkpoint runs/0*/*/best.pt --threads 1  # all stages, one core
 
 Per face = preprocess one crop + one forward pass at batch 1, as the webcam demo runs it. The
 median of --repeats runs after --warmup runs is printed (the median ignores the odd slow run
@@ -11,7 +12,7 @@ not pass/fail thresholds: compare them between machines and backends.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import os
@@ -30,12 +31,28 @@ export = import_sibling(__file__, "export")
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    # --help: the docstring's first paragraph (argparse joins its two lines)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="best.pt of one or more runs (any stage)")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=True,
+        help="best.pt of one or more runs (any stage)",
+    )
     parser.add_argument("--repeats", type=int, default=200, help="timed runs per measurement")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed runs first (allocations, caches)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for both backends (0: their default)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="untimed runs first (allocations, caches)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for both backends (0: their default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -71,7 +88,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     ort = faces.require("onnxruntime", "onnxruntime")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads | "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads | "
           f"torch {torch.__version__} | onnxruntime {ort.__version__} | median of {args.repeats}")
     crop = photo_face()
     rows = []
@@ -83,25 +101,38 @@ def main(argv=None):
             if args.threads:  # onnxruntime's thread count is fixed when the session is made
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = args.threads
-                onnx_model.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+                onnx_model.session = ort.InferenceSession(
+                    str(onnx_file),
+                    options,
+                    providers=["CPUExecutionProvider"],
+                )
             face = torch_model.preprocess(crop)[None]  # (1, C, H, W)
-            row = {"stage": torch_model.stage, "parity": result["max_abs_diff"], "mb": result["size_bytes"] / 2**20,
-                   "preprocess": median_ms(lambda: torch_model.preprocess(crop), args.repeats, args.warmup),
-                   "pytorch": median_ms(lambda: torch_model.run(face), args.repeats, args.warmup),
-                   "onnxruntime": median_ms(lambda: onnx_model.run(face), args.repeats, args.warmup)}
+            row = {
+                "stage": torch_model.stage,
+                "parity": result["max_abs_diff"],
+                "mb": result["size_bytes"] / 2**20,
+                "preprocess": median_ms(
+                    lambda: torch_model.preprocess(crop),
+                    args.repeats,
+                    args.warmup,
+                ),
+                "pytorch": median_ms(lambda: torch_model.run(face), args.repeats, args.warmup),
+                "onnxruntime": median_ms(lambda: onnx_model.run(face), args.repeats, args.warmup),
+            }
             rows.append(row)
     frame = webcam_frame()
     detect = {}
     for share in (0.15, 0.05):  # webcam.py's and predict.py's default --min-face
         detector = faces.FaceDetector(min_fraction=share)
         detect[share] = median_ms(lambda: detector(frame), max(10, args.repeats // 10), 3)
-    print("| stage | ONNX size | parity (max abs logit diff) | preprocess | PyTorch forward | onnxruntime forward |")
+    print("| stage | ONNX size | parity (max abs logit diff) | preprocess | PyTorch forward "
+          "| onnxruntime forward |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stage']} | {r['mb']:.1f} MB | {r['parity']:.1e} | {r['preprocess']:.2f} ms | "
-              f"{r['pytorch']:.2f} ms | {r['onnxruntime']:.2f} ms |")
-    print(f"Haar face detection, one 640x480 frame: {detect[0.15]:.1f} ms for faces >= 15% of its height "
-          f"(webcam.py), {detect[0.05]:.1f} ms for faces >= 5% (predict.py)")
+        print(f"| {r['stage']} | {r['mb']:.1f} MB | {r['parity']:.1e} | "
+              f"{r['preprocess']:.2f} ms | {r['pytorch']:.2f} ms | {r['onnxruntime']:.2f} ms |")
+    print(f"Haar face detection, one 640x480 frame: {detect[0.15]:.1f} ms for faces >= 15% "
+          f"of its height (webcam.py), {detect[0.05]:.1f} ms for faces >= 5% (predict.py)")
     return rows, detect
 
 

@@ -1,6 +1,7 @@
-"""Reduce a training checkpoint to what inference needs, for sharing or for weights/.
+r"""Reduce a training checkpoint to what inference needs, for sharing or for weights/.
 
-    python 05_deploy/slim.py --checkpoint runs/03_attention/<run>/best.pt --out weights/03_attention-fer2013.pt --half
+    python 05_deploy/slim.py --checkpoint runs/03_attention/<run>/best.pt \
+        --out weights/03_attention-fer2013.pt --half
 
 A best.pt from training also holds the optimizer state, the RNG states and the history, which
 only --resume needs: for 02_deeper that is three times the size of the weights. The slim file
@@ -12,11 +13,12 @@ accuracy is unchanged before you share a half-precision file.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 
-from common.checkpoint import INFERENCE_KEYS, inference_only, load_checkpoint, save_checkpoint, sha256
+from common.checkpoint import (INFERENCE_KEYS, inference_only, load_checkpoint, save_checkpoint,
+                               sha256)
 from common.runtime import UserError
 
 
@@ -24,7 +26,11 @@ def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="best.pt of a run folder")
-    parser.add_argument("--out", required=True, help="file to write; an existing file is never replaced")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="file to write; an existing file is never replaced",
+    )
     parser.add_argument("--half", action="store_true", help="store the weights as float16")
     return parser.parse_args(argv)
 
@@ -37,7 +43,8 @@ def main(argv=None):
     checkpoint = load_checkpoint(args.checkpoint)
     missing = [key for key in INFERENCE_KEYS if key not in checkpoint]
     if missing:
-        raise UserError(f"{args.checkpoint}: lacks {', '.join(missing)}; pass a best.pt written by a stage's train.py")
+        raise UserError(f"{args.checkpoint}: lacks {', '.join(missing)}; "
+                        f"pass a best.pt written by a stage's train.py")
     save_checkpoint(out, inference_only(checkpoint, half=args.half))
     size_kb = out.stat().st_size / 1024
     print(f"wrote {out} | stage {checkpoint['stage']} | {'float16' if args.half else 'float32'} | "
