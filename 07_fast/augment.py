@@ -12,8 +12,8 @@ image still draws its own random parameters:
               1 +- `scale`, sheared by up to +-`shear` degrees: one matrix per image, applied with
               affine_grid/grid_sample (bilinear, black outside the picture, as torchvision fills)
     light     brightness times 1 +- `brightness`, then contrast around the image's mean gray
-              times 1 +- `contrast`, clipped to [0, 1] (torchvision's ColorJitter formulas; ColorJitter
-              also shuffles the two per image, here brightness always comes first)
+              times 1 +- `contrast`, clipped to [0, 1] (torchvision's ColorJitter formulas;
+              ColorJitter also shuffles the two per image, here brightness always comes first)
     normalise the dataset's mean and std, exactly as the evaluation transform
     erase     with probability `erase`, a rectangle of 2-33% of the image (aspect 0.3-3.3) set to 0,
               the mean after normalisation (torchvision's RandomErasing, which redraws a rectangle
@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LIGHT = {"flip": 0.5, "degrees": 15, "brightness": 0.2, "contrast": 0.2}  # 03_attention's default set
-V3 = {"flip": 0.5, "degrees": 15, "translate": 0.1, "scale": 0.1, "shear": 10,  # 02_deeper's version 3
+# 03_attention's default set
+LIGHT = {"flip": 0.5, "degrees": 15, "brightness": 0.2, "contrast": 0.2}
+# 02_deeper's version 3
+V3 = {"flip": 0.5, "degrees": 15, "translate": 0.1, "scale": 0.1, "shear": 10,
       "brightness": 0.2, "contrast": 0.2, "erase": 0.1}
 
 
@@ -39,7 +41,8 @@ def uniform(low, high, n, device):
 
 
 class BatchAugment(nn.Module):
-    """uint8 images (B, C, H, W) -> augmented, normalised float32 (B, C, size, size), on their device.
+    """uint8 images (B, C, H, W) -> augmented, normalised float32 (B, C, size, size),
+    on their device.
 
     The random numbers come from torch's default generator of that device, which the run seeds
     and checkpoints, so a resumed run draws what the uninterrupted run would have drawn.
@@ -49,7 +52,8 @@ class BatchAugment(nn.Module):
                  brightness=0.0, contrast=0.0, erase=0.0):
         super().__init__()
         self.size = preprocessing["size"]
-        self.flip, self.degrees, self.translate, self.scale, self.shear = flip, degrees, translate, scale, shear
+        self.flip, self.degrees, self.translate = flip, degrees, translate
+        self.scale, self.shear = scale, shear
         self.brightness, self.contrast, self.erase = brightness, contrast, erase
         channels = len(preprocessing["mean"])
         # buffers follow the module to the device (augment.to(device))
@@ -71,7 +75,8 @@ class BatchAugment(nn.Module):
             "erase": torch.rand(n, device=device) < self.erase,
             "erase_area": uniform(0.02, 0.33, n, device),
             "erase_log_ratio": uniform(math.log(0.3), math.log(3.3), n, device),
-            "erase_y": torch.rand(n, device=device),  # where the rectangle goes, as a fraction of the free room
+            # where the rectangle goes, as a fraction of the free room
+            "erase_y": torch.rand(n, device=device),
             "erase_x": torch.rand(n, device=device),
         }
 
@@ -79,7 +84,13 @@ class BatchAugment(nn.Module):
         params = self.sample(len(images), images.device) if params is None else params
         x = images.float() / 255  # (B, C, H, W) in [0, 1]
         if x.shape[-1] != self.size or x.shape[-2] != self.size:  # as eval_transform's Resize
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.size, self.size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         if self.flip or self.degrees or self.translate or self.scale or self.shear:
             x = self.move(x, params)
         x = self.relight(x, params)
@@ -94,12 +105,15 @@ class BatchAugment(nn.Module):
         mirror = 1 - 2 * p["flip"].float()  # -1 flips the x axis
         # forward map, output = A @ input + t, in coordinates from -1 to 1 across the image:
         # A = rotation @ shear along x @ (zoom and mirror)
-        rotation = torch.stack([cos, sin, -sin, cos], dim=1).view(-1, 2, 2)  # counter-clockwise: y points down
+        # counter-clockwise: y points down
+        rotation = torch.stack([cos, sin, -sin, cos], dim=1).view(-1, 2, 2)
         shear = torch.zeros_like(rotation)
-        shear[:, 0, 0], shear[:, 0, 1], shear[:, 1, 1] = 1, -p["shear"].tan(), 1  # x shifts with y, as torchvision
+        # x shifts with y, as torchvision
+        shear[:, 0, 0], shear[:, 0, 1], shear[:, 1, 1] = 1, -p["shear"].tan(), 1
         zoom = torch.diag_embed(torch.stack([p["zoom"] * mirror, p["zoom"]], dim=1))
         forward_map = rotation @ shear @ zoom  # (B, 2, 2)
-        shift = 2 * torch.stack([p["shift_x"], p["shift_y"]], dim=1)  # a fraction of the side; the side is 2 long
+        # a fraction of the side; the side is 2 long
+        shift = 2 * torch.stack([p["shift_x"], p["shift_y"]], dim=1)
         # grid_sample asks the opposite question: for each output pixel, where in the input to read
         inverse = torch.linalg.inv(forward_map)  # (B, 2, 2)
         theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(2))], dim=2)  # (B, 2, 3)
@@ -111,7 +125,11 @@ class BatchAugment(nn.Module):
         if self.brightness:
             x = (x * p["brightness"].view(-1, 1, 1, 1)).clamp(0, 1)
         if self.contrast:
-            gray = x if x.shape[1] == 1 else (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+            gray = (
+                x
+                if x.shape[1] == 1
+                else (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+            )
             mean = gray.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
             factor = p["contrast"].view(-1, 1, 1, 1)
             x = (factor * x + (1 - factor) * mean).clamp(0, 1)
@@ -128,7 +146,11 @@ class BatchAugment(nn.Module):
         left = (p["erase_x"] * (width - w + 1)).floor()
         rows = torch.arange(height, device=x.device).view(1, height)
         cols = torch.arange(width, device=x.device).view(1, width)
-        in_rows = (rows >= top.view(-1, 1)) & (rows < (top + h).view(-1, 1)) & p["erase"].view(-1, 1)  # (B, H)
+        in_rows = (
+            (rows >= top.view(-1, 1))
+            & (rows < (top + h).view(-1, 1))
+            & p["erase"].view(-1, 1)
+        )  # (B, H)
         in_cols = (cols >= left.view(-1, 1)) & (cols < (left + w).view(-1, 1))  # (B, W)
         mask = in_rows.view(-1, 1, height, 1) & in_cols.view(-1, 1, 1, width)  # (B, 1, H, W)
         return x.masked_fill(mask, 0.0)

@@ -1,9 +1,10 @@
-"""Images per second of 03_attention and 07_fast side by side, on this machine, and where the time goes.
+"""Images per second of 03_attention and 07_fast side by side, on this machine,
+and where the time goes.
 
-    python 07_fast/benchmark.py                              # built-in faces, torch's default thread count
-    python 07_fast/benchmark.py --data data/fer2013.csv      # FER2013, as in the README's table
-    python 07_fast/benchmark.py --threads 1                  # one thread per stage (as one of two torchrun processes)
-    python 07_fast/benchmark.py --amp bf16 --compile         # 07_fast with bf16 autocast and torch.compile
+    python 07_fast/benchmark.py  # built-in faces, torch's default thread count
+    python 07_fast/benchmark.py --data data/fer2013.csv  # FER2013, as in the README's table
+    python 07_fast/benchmark.py --threads 1  # one thread per stage (as 1 of 2 torchrun processes)
+    python 07_fast/benchmark.py --amp bf16 --compile  # 07_fast with bf16 autocast and torch.compile
 
 Each stage runs with its own defaults (loader workers, augmentation, precision, memory layout) and
 its own train_one_epoch and evaluate, in a process of its own, so that peak memory is its own:
@@ -11,10 +12,11 @@ its own train_one_epoch and evaluate, in a process of its own, so that peak memo
     bare fwd+bwd       the training step alone (forward, backward, optimizer step) on one batch that
                        is already prepared on the device: what the model could do if data were free
     training loop      train_one_epoch on the stage's real loader: data, augmentation and the step
-    efficiency         training loop / bare: the share of the model's speed the loop keeps (1 = free data)
-    pipeline ceiling   the loader and the augmentation alone, no model: the most images per second this
-                       input pipeline can feed. On a GPU the model step gets many times faster and this
-                       number does not, so it has to be far above the CPU's training speed.
+    efficiency         training loop / bare: the share of the model's speed the loop keeps
+                       (1 = free data)
+    pipeline ceiling   the loader and the augmentation alone, no model: the most images per second
+                       this input pipeline can feed. On a GPU the model step gets many times faster
+                       and this number does not, so it has to be far above the CPU's training speed.
     eval               evaluate() over the validation split (at most --eval-images of it)
     peak RSS           the most memory the measuring process held, and the largest loader worker
 
@@ -24,7 +26,7 @@ same time make every number lower; the ratios suffer less.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, so `import common` works from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import argparse
 import contextlib
@@ -41,25 +43,71 @@ import torch
 import torch.nn as nn
 
 from common.data import eval_transform, load_data
-from common.runtime import REPO_ROOT, UserError, import_sibling, pick_amp_dtype, pick_device, seed_everything
+from common.runtime import (REPO_ROOT, UserError, import_sibling, pick_amp_dtype, pick_device,
+                            seed_everything)
 
 STAGES = ["03_attention", "07_fast"]
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    # --help: the docstring's first paragraph (argparse joins its two lines)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", default="builtin", help="FER2013 CSV or image folders, or builtin")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per training step (both stages' default)")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps, for bare and for the loop")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocations, worker start-up)")
-    parser.add_argument("--pipeline-batches", type=int, default=100, help="batches timed for the pipeline ceiling")
-    parser.add_argument("--eval-images", type=int, default=2000, help="at most this many validation images")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per stage (0: torch's default)")
+    parser.add_argument(
+        "--data",
+        default="builtin",
+        help="FER2013 CSV or image folders, or builtin",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per training step (both stages' default)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=30,
+        help="timed training steps, for bare and for the loop",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps first (allocations, worker start-up)",
+    )
+    parser.add_argument(
+        "--pipeline-batches",
+        type=int,
+        default=100,
+        help="batches timed for the pipeline ceiling",
+    )
+    parser.add_argument(
+        "--eval-images",
+        type=int,
+        default=2000,
+        help="at most this many validation images",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per stage (0: torch's default)",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="07_fast's --amp")
-    parser.add_argument("--compile", action="store_true", help="07_fast with torch.compile (compiles during warm-up)")
-    parser.add_argument("--measure", choices=STAGES, help=argparse.SUPPRESS)  # internal: one stage, print JSON
+    parser.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "off"],
+        default="auto",
+        help="07_fast's --amp",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="07_fast with torch.compile (compiles during warm-up)",
+    )
+    # internal: one stage, print JSON
+    parser.add_argument("--measure", choices=STAGES, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -86,21 +134,25 @@ def new_progress():  # train_one_epoch's running totals, for a loop that is neve
     return {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0}
 
 
-NEVER_STOP = types.SimpleNamespace(requested=False)  # stands in for the Ctrl-C handler: timing never stops early
+# stands in for the Ctrl-C handler: timing never stops early
+NEVER_STOP = types.SimpleNamespace(requested=False)
 
 
 def take(loader, n):
-    """n batches of a loader, starting it over as often as needed (a small data set has few batches)."""
+    """n batches of a loader, starting it over as often as needed (a small data set has few
+    batches)."""
     return itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), n)
 
 
 def peak_rss_mb():
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    # kilobytes on Linux, bytes on macOS
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kilobytes / (2**20 if platform.system() == "Darwin" else 2**10)
 
 
 def workers_peak_rss_mb():
-    """The largest peak memory (VmHWM) of this process's live children, the loader workers; Linux only."""
+    """The largest peak memory (VmHWM) of this process's live children, the loader workers;
+    Linux only."""
     tasks = list(Path(f"/proc/{os.getpid()}/task").glob("*/children"))
     if not tasks:
         return None
@@ -108,7 +160,11 @@ def workers_peak_rss_mb():
     for pid in " ".join(task.read_text() for task in tasks).split():
         with contextlib.suppress(OSError):  # a child that has just ended
             status = Path(f"/proc/{pid}/status").read_text()
-            peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+            peaks += [
+                int(line.split()[1]) / 1024
+                for line in status.splitlines()
+                if line.startswith("VmHWM:")
+            ]
     return max(peaks)
 
 
@@ -120,18 +176,26 @@ def measure(stage, args):
     stage_dir = REPO_ROOT / stage
     train = import_sibling(stage_dir / "train.py", "train")
     evaluate = import_sibling(stage_dir / "eval.py", "eval").evaluate
-    stage_args, _ = train.get_args(["--data", args.data, "--batch-size", str(args.batch_size), "--device", args.device])
+    stage_args, _ = train.get_args(
+        ["--data", args.data, "--batch-size", str(args.batch_size), "--device", args.device],
+    )
     device = pick_device(stage_args.device)
     data = load_data(args.data)
     val_images, val_labels = data.split("val")
     data.splits["val"] = (val_images[:args.eval_images], val_labels[:args.eval_images])
     train_loader, val_loader = train.build_loaders(stage_args, data)
-    model = import_sibling(stage_dir / "model.py", "model").build_model(len(data.class_names),
-                                                                        data.preprocessing["channels"]).to(device)
+    model = import_sibling(stage_dir / "model.py", "model").build_model(
+        len(data.class_names),
+        data.preprocessing["channels"],
+    ).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     first_images, first_labels = next(iter(train_loader))  # 03: augmented floats; 07: uint8
-    prepared = eval_transform(data.preprocessing)(first_images) if first_images.dtype == torch.uint8 else first_images
+    prepared = (
+        eval_transform(data.preprocessing)(first_images)
+        if first_images.dtype == torch.uint8
+        else first_images
+    )
     prepared, first_labels = prepared.to(device), first_labels.to(device)
 
     if stage == "07_fast":  # the techniques of this stage, as its train.py applies them
@@ -145,8 +209,19 @@ def measure(stage, args):
         step_model = torch.compile(model) if args.compile else model
 
         def loop(batches, augment=augment):
-            train.train_one_epoch(step_model, batches, criterion, optimizer, device, None, augment, amp_dtype, scaler,
-                                  new_progress(), NEVER_STOP)
+            train.train_one_epoch(
+                step_model,
+                batches,
+                criterion,
+                optimizer,
+                device,
+                None,
+                augment,
+                amp_dtype,
+                scaler,
+                new_progress(),
+                NEVER_STOP,
+            )
 
         def bare(batches):  # the same loop, fed a batch that needs no augmentation
             loop(batches, augment=nn.Identity())
@@ -159,7 +234,15 @@ def measure(stage, args):
         autocast = contextlib.nullcontext()
 
         def loop(batches):
-            train.train_one_epoch(model, batches, criterion, optimizer, device, new_progress(), NEVER_STOP)
+            train.train_one_epoch(
+                model,
+                batches,
+                criterion,
+                optimizer,
+                device,
+                new_progress(),
+                NEVER_STOP,
+            )
 
         bare = loop
 
@@ -171,15 +254,26 @@ def measure(stage, args):
             feed(images)
 
     fixed = [(prepared, first_labels)]
-    result = {"stage": stage, "device": str(device), "threads": torch.get_num_threads(),
-              "interop_threads": torch.get_num_interop_threads(), "workers": stage_args.num_workers,
-              "precision": precision, "train_images": len(train_loader.dataset), "val_images": len(val_loader.dataset)}
+    result = {
+        "stage": stage,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "workers": stage_args.num_workers,
+        "precision": precision,
+        "train_images": len(train_loader.dataset),
+        "val_images": len(val_loader.dataset),
+    }
     bare(fixed * args.warmup)
     result["bare"] = images_per_second(bare, fixed * args.steps, device)
     loop(take(train_loader, args.warmup))
     result["loop"] = images_per_second(loop, take(train_loader, args.steps), device)
     pipeline(take(train_loader, args.warmup))
-    result["ceiling"] = images_per_second(pipeline, take(train_loader, args.pipeline_batches), device)
+    result["ceiling"] = images_per_second(
+        pipeline,
+        take(train_loader, args.pipeline_batches),
+        device,
+    )
     with autocast:
         result["eval"] = images_per_second(lambda b: evaluate(model, b, device), val_loader, device)
     result["worker_rss_mb"] = workers_peak_rss_mb()  # while the persistent workers still live
@@ -195,29 +289,40 @@ def main(argv=None):
     start = time.time()
     rows = []
     for stage in STAGES:  # one process each: a clean start, and peak memory of that stage alone
-        command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--measure", stage]
+        command = [
+            sys.executable,
+            __file__,
+            *(argv if argv is not None else sys.argv[1:]),
+            "--measure",
+            stage,
+        ]
         child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
         if child.returncode:
-            raise UserError(f"measuring {stage} failed (exit code {child.returncode}); see the messages above")
+            raise UserError(f"measuring {stage} failed (exit code {child.returncode}); "
+                            f"see the messages above")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     first = rows[0]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs | device {first['device']} | torch threads "
-          f"{first['threads']}, interop threads {first['interop_threads']} | torch {torch.__version__} | data "
-          f"{args.data} (train {first['train_images']}, val {first['val_images']}) | batch {args.batch_size}, "
-          f"{args.steps} timed steps")
-    print("| stage | precision | loader workers | bare fwd+bwd img/s | training loop img/s | pipeline efficiency "
-          "| pipeline ceiling img/s | ceiling / training | eval img/s | peak RSS (worker) |")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs | device {first['device']} | "
+          f"torch threads {first['threads']}, interop threads {first['interop_threads']} | "
+          f"torch {torch.__version__} | "
+          f"data {args.data} (train {first['train_images']}, val {first['val_images']}) | "
+          f"batch {args.batch_size}, {args.steps} timed steps")
+    print("| stage | precision | loader workers | bare fwd+bwd img/s | training loop img/s "
+          "| pipeline efficiency | pipeline ceiling img/s | ceiling / training | eval img/s "
+          "| peak RSS (worker) |")
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         r["efficiency"], r["headroom"] = r["loop"] / r["bare"], r["ceiling"] / r["loop"]
         worker = "n/a" if r["worker_rss_mb"] is None else f"{r['worker_rss_mb']:,.0f} MB"
-        print(f"| {r['stage']} | {r['precision']} | {r['workers']} | {r['bare']:,.0f} | {r['loop']:,.0f} | "
-              f"{r['efficiency']:.2f} | {r['ceiling']:,.0f} | {r['headroom']:.1f}x | {r['eval']:,.0f} | "
-              f"{r['rss_mb']:,.0f} MB ({worker}) |")
+        print(f"| {r['stage']} | {r['precision']} | {r['workers']} | "
+              f"{r['bare']:,.0f} | {r['loop']:,.0f} | "
+              f"{r['efficiency']:.2f} | {r['ceiling']:,.0f} | {r['headroom']:.1f}x | "
+              f"{r['eval']:,.0f} | {r['rss_mb']:,.0f} MB ({worker}) |")
     fast = rows[-1]
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     print(f"targets for 07_fast: pipeline ceiling >= 10x training img/s: {fast['headroom']:.1f}x "
-          f"({verdict(fast['headroom'] >= 10)}) | pipeline efficiency >= 0.95: {fast['efficiency']:.2f} "
+          f"({verdict(fast['headroom'] >= 10)}) | "
+          f"pipeline efficiency >= 0.95: {fast['efficiency']:.2f} "
           f"({verdict(fast['efficiency'] >= 0.95)}) | {time.time() - start:.0f} s in all")
     return rows
 
