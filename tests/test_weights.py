@@ -21,9 +21,13 @@ def test_weights_folder_holds_exactly_the_manifest_within_the_size_budget():
     assert MANIFEST, "weights/manifest.json lists no files"
     assert sorted(p.name for p in ckpt.WEIGHTS_DIR.glob("*.pt")) == sorted(e["file"] for e in MANIFEST)
     total = sum((ckpt.WEIGHTS_DIR / entry["file"]).stat().st_size for entry in MANIFEST)
-    # 12 MB holds the FER2013 stages 01-03 and 04's AffectNet model; 06's transfer model (2.3M
-    # parameters, float16) adds 4.5 MB and 02's will add 2.5 MB, so the folder stays under 16 MB.
-    assert total < 16 * 1024 * 1024
+    fer_stages = [e for e in MANIFEST if e["stage"] in ("01_baseline", "02_deeper", "03_attention")]
+    fer_total = sum((ckpt.WEIGHTS_DIR / entry["file"]).stat().st_size for entry in fer_stages)
+    # The three FER2013 stages stay under 12 MB together (02 and 03 in float32, where float16
+    # would change a PrivateTest prediction). 04's AffectNet model and 06's transfer model (2.3M
+    # parameters each, float16) add 4.5 MB each, so the whole folder stays under 18 MB.
+    assert fer_total < 12 * 1000 * 1000
+    assert total < 18 * 1000 * 1000
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
