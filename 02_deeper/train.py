@@ -26,7 +26,7 @@ from common.checkpoint import save_checkpoint, write_metrics_csv
 from common.data import ImageDataset, eval_transform
 from common.flags import add_run_flags, stage_parser
 from common.guard import epoch_progress, positive_int, resume_steps, stop_if_diverged
-from common.metrics import class_shares
+from common.metrics import class_shares, class_weights
 from common.run import RunLog, epoch_row, load_run_data, restore_training, start_run
 from common.runtime import (UserError, import_sibling, loader_generator, pick_device,
                             seed_everything, seed_worker)
@@ -68,11 +68,6 @@ def build_train_transform(preprocessing):
         eval_transform(preprocessing),  # to normalised float exactly as at test time
         v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no region is relied on alone
     ])
-
-
-def class_weights(labels, num_classes):  # inverse class frequency; an average image weighs 1
-    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
-    return counts.sum() / (num_classes * counts.clamp(min=1))
 
 
 def build_loaders(args, data):
@@ -148,10 +143,7 @@ def main(argv=None):
     history = counters["history"]
     best_f1 = counters["best_f1"]
     bad_epochs = counters["bad_epochs"]
-    restore_training(checkpoint, model, optimizer, train_loader)  # only with --resume
-    if checkpoint:
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
+    restore_training(checkpoint, model, optimizer, train_loader, scheduler)  # only with --resume
     log = RunLog(STAGE, args, out, data)  # config.json; TensorBoard and W&B when asked for
     log.header(device, model)  # stage, device, parameters, split sizes, classes, seed, run folder
 

@@ -5,8 +5,7 @@
     python 03_attention/train.py --resume runs/03_attention/<run>/last.pt
     python 03_attention/eval.py --checkpoint runs/03_attention/<run>/best.pt --attention
 
-Recipe of the attention notebook of the source write-ups (AdamW, flip + rotation, early stopping),
-with 02's cosine schedule and a little brightness/contrast jitter, for 35 epochs.
+The attention notebook's recipe (AdamW, flip, rotation, early stopping), 02's cosine and jitter.
 """
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from common.checkpoint import save_checkpoint, write_metrics_csv
 from common.data import ImageDataset, eval_transform
 from common.flags import add_run_flags, stage_parser
 from common.guard import epoch_progress, positive_int, resume_steps, stop_if_diverged
-from common.metrics import class_shares
+from common.metrics import class_shares, class_weights
 from common.run import RunLog, epoch_row, load_run_data, restore_training, start_run
 from common.runtime import (UserError, import_sibling, loader_generator, pick_device,
                             seed_everything, seed_worker)
@@ -47,12 +46,7 @@ def get_args(argv=None):
     parser.add_argument("--patience", type=positive_int, default=7, help="early-stopping patience")
     parser.add_argument("--class-weights", action="store_true", help="rare classes weigh more")
     parser.add_argument("--balanced-sampler", action="store_true", help="draw classes equally")
-    parser.add_argument(
-        "--augment",
-        choices=["light", "v3"],
-        default="light",
-        help="light: flip, rotation and colour jitter; v3: 02_deeper's richer set",
-    )
+    parser.add_argument("--augment", choices=["light", "v3"], default="light", help="v3: 02's set")
     return parser.parse_args(argv), parser
 
 
@@ -81,11 +75,6 @@ def build_train_transform(preprocessing, augment="light"):
         eval_transform(preprocessing),  # to normalised float exactly as at test time
         v2.RandomErasing(p=0.1),  # hide a patch (a hand, a shadow) so no region is relied on alone
     ])
-
-
-def class_weights(labels, num_classes):  # inverse class frequency; an average image weighs 1
-    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
-    return counts.sum() / (num_classes * counts.clamp(min=1))
 
 
 def build_loaders(args, data):
@@ -162,10 +151,7 @@ def main(argv=None):
     history = counters["history"]
     best_f1 = counters["best_f1"]
     bad_epochs = counters["bad_epochs"]
-    restore_training(checkpoint, model, optimizer, train_loader)  # only with --resume
-    if checkpoint:
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
+    restore_training(checkpoint, model, optimizer, train_loader, scheduler)  # only with --resume
     log = RunLog(STAGE, args, out, data)  # config.json; TensorBoard and W&B when asked for
     log.header(device, model)  # stage, device, parameters, split sizes, classes, seed, run folder
 

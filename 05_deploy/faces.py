@@ -18,6 +18,7 @@ import torch
 
 from common.checkpoint import best_shipped_model, load_checkpoint
 from common.data import preprocess_face
+from common.guard import non_negative_float, non_negative_int, positive_float
 from common.facedata import FER2013_CLASSES
 from common.runtime import REPO_ROOT, UserError, import_sibling
 
@@ -150,6 +151,29 @@ class Classifier:
 
 
 # ---------------------------------------------------------------- finding and cropping faces
+
+def add_detector_flags(parser, min_face, picture):
+    """The face finder's flags, the same in predict.py and webcam.py; `min_face` is the default
+    smallest face, as a share of the `picture`'s ("image" or "frame") short side."""
+    parser.add_argument(
+        "--margin",
+        type=non_negative_float,
+        default=0.1,
+        help="crop margin around a found face, share of its size",
+    )
+    parser.add_argument(
+        "--min-neighbors",
+        type=non_negative_int,
+        default=5,
+        help="Haar cascade strictness: higher, fewer false faces",
+    )
+    parser.add_argument(
+        "--min-face",
+        type=positive_float,
+        default=min_face,
+        help=f"smallest face searched for, share of the {picture}'s short side (smaller: slower)",
+    )
+
 
 class FaceDetector:
     """OpenCV's frontal-face Haar cascade: fast on a CPU, shipped inside

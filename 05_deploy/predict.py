@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from common.checkpoint import atomic_write, write_json
 from common.facedata import IMAGE_SUFFIXES
-from common.guard import non_negative_float, non_negative_int, output_dir, positive_float
+from common.guard import output_dir
 from common.runtime import RUNS_DIR, UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
@@ -48,24 +48,7 @@ def get_args(argv=None):
         action="store_true",
         help="each image is already one cropped face",
     )
-    parser.add_argument(
-        "--margin",
-        type=non_negative_float,
-        default=0.1,
-        help="crop margin around a found face, share of its size",
-    )
-    parser.add_argument(
-        "--min-neighbors",
-        type=non_negative_int,
-        default=5,
-        help="Haar cascade strictness: higher, fewer false faces",
-    )
-    parser.add_argument(
-        "--min-face",
-        type=positive_float,
-        default=0.05,
-        help="smallest face searched for, share of the image's short side (smaller: slower)",
-    )
+    faces.add_detector_flags(parser, min_face=0.05, picture="image")
     return parser.parse_args(argv)
 
 

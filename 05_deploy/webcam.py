@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from common.guard import non_negative_float, non_negative_int, output_file, positive_float
+from common.guard import non_negative_int, output_file
 from common.runtime import UserError, import_sibling
 
 faces = import_sibling(__file__, "faces")
@@ -66,24 +66,7 @@ def get_args(argv=None):
         default=0,
         help="stop after this many frames (0: until the end)",
     )
-    parser.add_argument(
-        "--margin",
-        type=non_negative_float,
-        default=0.1,
-        help="crop margin around a found face, share of its size",
-    )
-    parser.add_argument(
-        "--min-neighbors",
-        type=non_negative_int,
-        default=5,
-        help="Haar cascade strictness: higher, fewer false faces",
-    )
-    parser.add_argument(
-        "--min-face",
-        type=positive_float,
-        default=0.15,
-        help="smallest face searched for, share of the frame's short side (smaller: slower)",
-    )
+    faces.add_detector_flags(parser, min_face=0.15, picture="frame")  # webcam faces are big
     return parser.parse_args(argv)
 
 

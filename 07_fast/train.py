@@ -32,7 +32,7 @@ from common.distributed import (SharedStop, WeightedDistributedSampler, broadcas
 from common.flags import add_run_flags, stage_parser
 from common.guard import (StopSignal, epoch_progress, positive_int, resume_run, resume_steps,
                           stop_if_diverged)
-from common.metrics import class_shares
+from common.metrics import class_shares, class_weights
 from common.run import RunLog, epoch_row, load_run_data, restore_training
 from common.runfolder import claim_run_folder
 from common.runtime import (UserError, import_sibling, loader_generator, pick_amp_dtype,
@@ -54,12 +54,7 @@ def get_args(argv=None):
     parser.add_argument("--patience", type=positive_int, default=7, help="early-stopping patience")
     parser.add_argument("--class-weights", action="store_true", help="rare classes weigh more")
     parser.add_argument("--balanced-sampler", action="store_true", help="draw classes equally")
-    parser.add_argument(
-        "--augment",
-        choices=["light", "v3"],
-        default="light",
-        help="light: flip, rotation and colour jitter; v3: 02_deeper's richer set",
-    )
+    parser.add_argument("--augment", choices=["light", "v3"], default="light", help="v3: 02's set")
     parser.add_argument(
         "--amp",
         choices=["auto", "bf16", "fp16", "off"],
@@ -73,11 +68,6 @@ def get_args(argv=None):
 def build_train_transform(preprocessing, augment="light"):
     # New in 07_fast: the same augmentations, applied to a whole uint8 batch on the device
     return augment_lib.build_augment(preprocessing, augment)
-
-
-def class_weights(labels, num_classes):  # inverse class frequency; an average image weighs 1
-    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
-    return counts.sum() / (num_classes * counts.clamp(min=1))
 
 
 def build_loaders(args, data, rank=0, world_size=1):
@@ -199,10 +189,8 @@ def main(argv=None):
     history = counters["history"]
     best_f1 = counters["best_f1"]
     bad_epochs = counters["bad_epochs"]
-    restore_training(checkpoint, model, optimizer)  # only with --resume
+    restore_training(checkpoint, model, optimizer, scheduler=scheduler)  # only with --resume
     if checkpoint:
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        optimizer.param_groups[0]["lr"] = args.lr * cosine(scheduler.last_epoch)  # a new --epochs
         if checkpoint["scaler"]:  # empty when the stopped run did not use fp16
             scaler.load_state_dict(checkpoint["scaler"])
         restore_process_rng(checkpoint, rank, world_size)  # each process its own random states

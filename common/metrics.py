@@ -15,6 +15,13 @@ def class_shares(labels, num_classes):
     return torch.nn.functional.one_hot(labels, num_classes).float()
 
 
+def class_weights(labels, num_classes):
+    """Inverse class frequency, (num_classes,): a rare class weighs more, an average image 1.
+    The weight of --class-weights' loss and of --balanced-sampler's draws."""
+    counts = class_shares(labels, num_classes).sum(dim=0)  # images per class (FER+: summed votes)
+    return counts.sum() / (num_classes * counts.clamp(min=1))
+
+
 def confusion_matrix(labels, preds, num_classes):
     """counts[t, p] = how many images of true class t were predicted as class p."""
     labels = torch.as_tensor(labels, dtype=torch.long)

@@ -80,12 +80,13 @@ def load_run_data(args, checkpoint, dataset="fer2013", min_relfc=None):
     return data
 
 
-def restore_training(checkpoint, model, optimizer, loader=None):
+def restore_training(checkpoint, model, optimizer, loader=None, scheduler=None):
     """Put a resumed run back where its last.pt left it; nothing for a new run (checkpoint None).
 
     The weights and the optimizer's moments and step counts; with `loader`, also every random
     state and the loader's shuffling generator, so the next epoch draws the same batches,
-    augmentations and dropout as the run would have drawn had it never stopped.
+    augmentations and dropout as the run would have drawn had it never stopped. With `scheduler`
+    (a LambdaLR), its epoch count, and the learning rate its formula gives at that epoch.
     """
     if not checkpoint:
         return
@@ -94,6 +95,14 @@ def restore_training(checkpoint, model, optimizer, loader=None):
     if loader is not None:
         set_rng_states(checkpoint["rng"])
         loader.generator.set_state(checkpoint["rng"]["loader"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        # The optimizer came back with the rate of the stopped run's curve. `--resume --epochs N`
+        # stretches the curve, so set the rate the new one gives at this epoch.
+        epoch = scheduler.last_epoch
+        for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs,
+                                          scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(epoch)
 
 
 def epoch_row(epoch, progress, val, lr, img_per_s, seconds):

@@ -226,6 +226,16 @@ def test_predict_and_eval_prepare_a_face_identically(kind, exported, tmp_path):
     assert not torch.equal(bgr, from_eval)
 
 
+def test_predict_and_webcam_share_the_detector_flags_with_their_own_smallest_face():
+    predict = deploy("predict").get_args(["photo.jpg"])
+    webcam = deploy("webcam").get_args([])
+    for args in (predict, webcam):
+        assert (args.margin, args.min_neighbors) == (0.1, 5)
+    assert (predict.min_face, webcam.min_face) == (0.05, 0.15)  # a webcam face fills more of it
+    with pytest.raises(SystemExit):  # checked by the shared flag type in both tools
+        deploy("webcam").get_args(["--margin", "-0.1"])
+
+
 def test_tracks_smooth_each_face_and_follow_it_as_it_moves():
     tracks = deploy("webcam").FaceTracks(alpha=0.3)
     happy, sad = np.eye(7)[3], np.eye(7)[4]
