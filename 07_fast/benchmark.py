@@ -9,9 +9,11 @@ and where the time goes.
 Each stage runs with its own defaults (loader workers, augmentation, precision, memory layout) and
 its own train_one_epoch and evaluate, in a process of its own, so that peak memory is its own:
 
-    bare fwd+bwd       the training step alone (forward, backward, optimizer step) on one batch that
-                       is already prepared on the device: what the model could do if data were free
-    training loop      train_one_epoch on the stage's real loader: data, augmentation and the step
+    bare fwd+bwd       the training step alone (forward, backward, optimizer step) on a few batches
+                       already prepared on the device: what the model could do if data were free
+    training loop      train_one_epoch on the stage's real loader: data, augmentation and the step.
+                       Bare and loop take turns (--rounds), so a change in the machine's load
+                       during the run weighs on both alike
     efficiency         training loop / bare: the share of the model's speed the loop keeps
                        (1 = free data)
     pipeline ceiling   the loader and the augmentation alone, no model: the most images per second
@@ -71,6 +73,12 @@ def get_args(argv=None):
         help="timed training steps, for bare and for the loop",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="bare and loop take turns this many times, sharing --steps",
+    )
+    parser.add_argument(
         "--warmup",
         type=int,
         default=3,
@@ -112,7 +120,13 @@ def get_args(argv=None):
 
 
 def images_per_second(run, batches, device):
-    """Time run(batches), counting the images that went through; waits for the GPU's queued work."""
+    seen, seconds = timed(run, batches, device)
+    return seen / seconds
+
+
+def timed(run, batches, device):
+    """(images, seconds) of run(batches), counting the images that went through; waits for the
+    GPU's queued work."""
     seen = 0
 
     def counted():
@@ -127,7 +141,7 @@ def images_per_second(run, batches, device):
     run(counted())
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return seen / (time.perf_counter() - start)
+    return seen, time.perf_counter() - start
 
 
 def new_progress():  # train_one_epoch's running totals, for a loop that is never stopped
@@ -165,7 +179,7 @@ def workers_peak_rss_mb():
                 for line in status.splitlines()
                 if line.startswith("VmHWM:")
             ]
-    return max(peaks)
+    return max(peaks) if len(peaks) > 1 else None  # None: no workers (--num-workers 0)
 
 
 def measure(stage, args):
@@ -190,13 +204,13 @@ def measure(stage, args):
     ).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    first_images, first_labels = next(iter(train_loader))  # 03: augmented floats; 07: uint8
-    prepared = (
-        eval_transform(data.preprocessing)(first_images)
-        if first_images.dtype == torch.uint8
-        else first_images
-    )
-    prepared, first_labels = prepared.to(device), first_labels.to(device)
+    # bare's input: a few real batches, prepared once (several, so that it does not train on one
+    # batch that stays in the CPU's cache)
+    prepared = []
+    for images, labels in take(train_loader, 4):  # 03: augmented floats; 07: uint8
+        if images.dtype == torch.uint8:
+            images = eval_transform(data.preprocessing)(images)
+        prepared.append((images.to(device), labels.to(device)))
 
     if stage == "07_fast":  # the techniques of this stage, as its train.py applies them
         model = model.to(memory_format=torch.channels_last)
@@ -253,7 +267,6 @@ def measure(stage, args):
         for images, _ in batches:
             feed(images)
 
-    fixed = [(prepared, first_labels)]
     result = {
         "stage": stage,
         "device": str(device),
@@ -264,10 +277,20 @@ def measure(stage, args):
         "train_images": len(train_loader.dataset),
         "val_images": len(val_loader.dataset),
     }
-    bare(fixed * args.warmup)
-    result["bare"] = images_per_second(bare, fixed * args.steps, device)
-    loop(take(train_loader, args.warmup))
-    result["loop"] = images_per_second(loop, take(train_loader, args.steps), device)
+    rounds = max(1, min(args.rounds, args.steps))
+    steps = -(-args.steps // rounds)  # per round, rounded up
+    fixed = itertools.cycle(prepared)
+    batches = take(train_loader, args.warmup + rounds * steps)  # one pass: no loader restarts
+    bare(itertools.islice(fixed, args.warmup))
+    loop(itertools.islice(batches, args.warmup))
+    totals = {"bare": [0, 0.0], "loop": [0, 0.0]}  # images, seconds
+    for _ in range(rounds):  # taking turns, so that both meet the same load on the machine
+        for name, run, source in (("bare", bare, fixed), ("loop", loop, batches)):
+            seen, seconds = timed(run, itertools.islice(source, steps), device)
+            totals[name][0] += seen
+            totals[name][1] += seconds
+    result["bare"] = totals["bare"][0] / totals["bare"][1]
+    result["loop"] = totals["loop"][0] / totals["loop"][1]
     pipeline(take(train_loader, args.warmup))
     result["ceiling"] = images_per_second(
         pipeline,
@@ -306,7 +329,7 @@ def main(argv=None):
           f"torch threads {first['threads']}, interop threads {first['interop_threads']} | "
           f"torch {torch.__version__} | "
           f"data {args.data} (train {first['train_images']}, val {first['val_images']}) | "
-          f"batch {args.batch_size}, {args.steps} timed steps")
+          f"batch {args.batch_size}, {args.steps} timed steps in {args.rounds} rounds")
     print("| stage | precision | loader workers | bare fwd+bwd img/s | training loop img/s "
           "| pipeline efficiency | pipeline ceiling img/s | ceiling / training | eval img/s "
           "| peak RSS (worker) |")
