@@ -47,6 +47,15 @@ def find_default_data():
     return None
 
 
+def compressed_twin(path):
+    """x.csv <-> x.csv.gz: the same FER2013 CSV, as Kaggle ships it or gzip-compressed."""
+    if path.name.endswith(".csv"):
+        return path.with_name(path.name + ".gz")
+    if path.name.endswith(".csv.gz"):
+        return path.with_name(path.name.removesuffix(".gz"))
+    return path
+
+
 def find_default_affectnet():
     """data/affectnet/ (or data/AffectNet/) holding an AffectNet tree, or data/YOLO_format/."""
     for name in ("affectnet", "AffectNet", "YOLO_format"):
@@ -70,6 +79,10 @@ def load_data(path=None, seed=0, val_fraction=0.1, use_cache=True, labels="fer20
         variant = "affectnet" if str(path) == "builtin-affectnet" else "fer2013"
         return make_builtin_dataset(seed=0, variant=variant)  # the built-in set is fixed; `seed` only varies training
     path = Path(path)
+    other = compressed_twin(path)
+    if not path.exists() and other.exists():  # data/fer2013.csv asked for, .csv.gz is what there is
+        print(f"{path}: not found; reading {other}, the same CSV with or without gzip")
+        path = other
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; give --data a FER2013 CSV (.csv/.csv.gz) "
                         f"or an image-folder tree, or leave --data out to use the built-in faces")

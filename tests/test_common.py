@@ -133,6 +133,18 @@ def test_empty_file_and_missing_path(tmp_path):
         load_data(tmp_path / "nope.csv")
 
 
+def test_a_csv_path_reads_its_gzip_twin_and_says_so(fer_csv, tmp_path, capsys):
+    packed = tmp_path / "packed" / "fer2013.csv.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(fer_csv.read_bytes()))
+    data = load_data(packed.with_name("fer2013.csv"))  # the README's name, the joined file's form
+    assert f"reading {packed}" in capsys.readouterr().out
+    assert torch.equal(data.split("train")[0], load_data(fer_csv).split("train")[0])
+    assert load_data(packed).class_names == data.class_names
+    with pytest.raises(DataError, match="nope.csv.gz: no such file or folder"):  # nor its twin
+        load_data(tmp_path / "nope.csv.gz")
+
+
 def test_corrupt_and_non_image_files_are_skipped_and_counted(fer_folders, capsys):
     happy = fer_folders / "train" / "happy"
     good = next(happy.iterdir())
