@@ -69,7 +69,7 @@ def get_args(argv=None):
     parser.add_argument(
         "--steps",
         type=int,
-        default=30,
+        default=60,
         help="timed training steps, for bare and for the loop",
     )
     parser.add_argument(
