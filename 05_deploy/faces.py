@@ -18,8 +18,8 @@ import torch
 
 from common.checkpoint import best_shipped_model, load_checkpoint
 from common.data import preprocess_face
-from common.guard import non_negative_float, non_negative_int, positive_float
 from common.facedata import FER2013_CLASSES
+from common.guard import non_negative_float, non_negative_int, positive_float
 from common.runtime import REPO_ROOT, UserError, import_sibling
 
 INSTALL_HINT = "pip install -r 05_deploy/requirements.txt"
