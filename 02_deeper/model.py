@@ -15,7 +15,7 @@ Shapes for a 48x48 grayscale face, batch B:
     block 3: 2x (conv 3x3, BN, ReLU), pool, drop   (B, 128, 6, 6)
     block 4: 2x (conv 3x3, BN, ReLU), pool, drop   (B, 256, 3, 3)
     global average pool, flatten                   (B, 256)
-    linear, BN, ReLU, dropout 0.5                  (B, 256)
+    linear, BN, ReLU, dropout 0.3                  (B, 256)
     linear                                         (B, 7)   logits, one per emotion
 """
 import torch
@@ -47,7 +47,9 @@ class DeeperCNN(nn.Module):
         in_channels=1,
         widths=(32, 64, 128, 256),
         spatial_dropout=0.1,
-        dropout=0.5,
+        # 0.3, not the notebooks' 0.5: with this stage's augmentation and Dropout2d the network
+        # underfits FER2013 at 0.5 (training loss above validation loss for a whole run).
+        dropout=0.3,
     ):
         super().__init__()
         blocks = []

@@ -1,14 +1,15 @@
 r"""Reduce a training checkpoint to what inference needs, for sharing or for weights/.
 
     python 05_deploy/slim.py --checkpoint runs/03_attention/<run>/best.pt \
-        --out weights/03_attention-fer2013.pt --half
+        --out weights/03_attention-fer2013.pt --dtype float16
 
 A best.pt from training also holds the optimizer state, the RNG states and the history, which
 only --resume needs: for 02_deeper that is three times the size of the weights. The slim file
 keeps the stage, the weights, the class names, the preprocessing and the training config, so
-eval.py, export.py and predict.py use it like a best.pt. --half stores the weights as float16,
-half the size again; they are turned back into float32 when loaded. Check with eval.py that the
-accuracy is unchanged before you share a half-precision file.
+eval.py, export.py and predict.py use it like a best.pt. --dtype float16 stores the weights in
+half the size again; --dtype int8 stores kernels and weight matrices in a quarter, one byte per
+weight with one scale per output channel. Both are turned back into float32 when loaded. Check with
+eval.py how many test predictions change before you share a smaller file.
 """
 import sys
 from pathlib import Path
@@ -31,7 +32,12 @@ def get_args(argv=None):
         required=True,
         help="file to write; an existing file is never replaced",
     )
-    parser.add_argument("--half", action="store_true", help="store the weights as float16")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "int8"],
+        help="how to store the weights",
+    )
     return parser.parse_args(argv)
 
 
@@ -45,9 +51,9 @@ def main(argv=None):
     if missing:
         raise UserError(f"{args.checkpoint}: lacks {', '.join(missing)}; "
                         f"pass a best.pt written by a stage's train.py")
-    save_checkpoint(out, inference_only(checkpoint, half=args.half))
+    save_checkpoint(out, inference_only(checkpoint, dtype=args.dtype))
     size_kb = out.stat().st_size / 1024
-    print(f"wrote {out} | stage {checkpoint['stage']} | {'float16' if args.half else 'float32'} | "
+    print(f"wrote {out} | stage {checkpoint['stage']} | {args.dtype} | "
           f"{size_kb:,.0f} KB | sha256 {sha256(out)}")
 
 
