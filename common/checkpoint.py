@@ -171,7 +171,7 @@ def inference_only(checkpoint, dtype="float32"):
         slim["model_kwargs"] = checkpoint["model_kwargs"]
     if dtype == "float16":
         slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["model"].items()}
-    if dtype == "int8":
+    elif dtype == "int8":
         slim["model"] = dict(checkpoint["model"])
         slim["int8_scales"] = {}
         for name, weight in checkpoint["model"].items():
@@ -180,6 +180,8 @@ def inference_only(checkpoint, dtype="float32"):
                 scale = weight.abs().amax(dim=dims, keepdim=True).clamp(min=1e-12) / 127
                 slim["model"][name] = torch.round(weight / scale).to(torch.int8)
                 slim["int8_scales"][name] = scale.float()
+    elif dtype != "float32":
+        raise ValueError(f"dtype {dtype!r}: use float32, float16 or int8")
     config = dict(checkpoint["config"])
     for key in ("data", "out", "resume"):  # absolute paths of the machine that trained it mean nothing elsewhere
         if config.get(key) and Path(config[key]).is_absolute():

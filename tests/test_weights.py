@@ -117,6 +117,10 @@ def test_slim_script_writes_a_small_file_and_never_replaces_one(trained_02, tmp_
     before = out.read_bytes()
     again = run_script("05_deploy/slim.py", "--checkpoint", trained_02, "--out", out)
     assert again.returncode != 0 and "already exists" in again.stderr and out.read_bytes() == before
+    int8 = tmp_path / "shipped-int8.pt"
+    result = run_script("05_deploy/slim.py", "--checkpoint", trained_02, "--out", int8, "--dtype", "int8")
+    assert result.returncode == 0 and "| int8 |" in result.stdout
+    assert int8.stat().st_size < 0.6 * out.stat().st_size  # one byte per weight against float16's two
 
 
 def test_eval_on_a_shipped_file_writes_under_runs_not_weights():
