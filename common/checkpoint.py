@@ -56,6 +56,8 @@ def atomic_write(path, write_fn, mode="wb"):
         if isinstance(e, OSError):  # ENOSPC, EACCES, EROFS...: one line naming the file, not a traceback
             reason = (e.strerror or type(e).__name__).lower()
             raise WriteError(f"{path}: could not be written: {reason}; the previous file, if any, is unchanged") from None
+        if isinstance(e.__context__, SystemExit):  # a second Ctrl-C inside torch.save, which reports it as
+            raise e.__context__ from None  # a broken zip file: the exit is what the user asked for
         raise
 
 

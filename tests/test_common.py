@@ -282,6 +282,24 @@ def test_atomic_write_keeps_the_old_file_when_a_save_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+def test_a_second_ctrl_c_inside_torch_save_exits_130_not_with_torchs_error(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, {"epoch": 1})
+
+    def interrupted(f):  # as torch.save's zip writer does when the exit is raised inside it
+        f.write(b"partial")
+        try:
+            raise SystemExit(130)  # what StopSignal raises on the second Ctrl-C
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    with pytest.raises(SystemExit) as stop:
+        ckpt.atomic_write(path, interrupted)
+    assert stop.value.code == 130
+    assert ckpt.load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     seed_everything(3)
     ckpt.save_checkpoint(tmp_path / "rng.pt", {"rng": ckpt.get_rng_states()})
