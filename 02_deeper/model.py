@@ -48,7 +48,7 @@ class DeeperCNN(nn.Module):
         widths=(32, 64, 128, 256),
         spatial_dropout=0.1,
         # 0.3, not the notebooks' 0.5: with this stage's augmentation and Dropout2d the network
-        # underfits FER2013 at 0.5 (training loss above validation loss for a whole run).
+        # underfits FER2013 at 0.5 (training loss above validation loss for most of a full run).
         dropout=0.3,
     ):
         super().__init__()
