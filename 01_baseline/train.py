@@ -122,8 +122,8 @@ def main(argv=None):
     log.header(device, model)  # stage, device, parameters, split sizes, classes, seed, run folder
 
     for epoch in range(counters["epoch"] + 1, args.epochs + 1):
-        started = time.time()
         progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        started = time.time() - progress["seconds"]  # a resumed epoch: plus its time before a stop
         train_one_epoch(model, train_loader, criterion, optimizer, device, progress, stop)
         img_per_s = len(train_loader.dataset) / (time.time() - started)  # training alone
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway

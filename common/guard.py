@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from common.checkpoint import get_rng_states, load_checkpoint, require_course_keys, set_rng_states
@@ -145,11 +146,11 @@ class StopSignal:
         print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)",
               file=sys.stderr, flush=True)
 
-    def exit_if_requested(self, stage, last_pt, progress):
+    def exit_if_requested(self, stage, last_pt, progress, launcher="python"):
         if not self.requested:
             return
         print(f"stopped at epoch {progress['epoch']} step {progress['step']}; "
-              f"continue with: python {stage}/train.py --resume {last_pt}", flush=True)
+              f"continue with: {launcher} {stage}/train.py --resume {last_pt}", flush=True)
         sys.exit(128 + self.signum)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 
     def close(self):
@@ -176,7 +177,7 @@ def stop_if_diverged(loss, progress, step=None):
 def new_progress(epoch, loader):
     """One epoch's running totals, updated by train_one_epoch and saved in last.pt when a signal stops it.
     `loader`: the shuffling generator's state as the epoch starts, so a resume replays the same order."""
-    return {"epoch": epoch, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
+    return {"epoch": epoch, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0,
             "loader": loader.generator.get_state()}
 
 
@@ -191,7 +192,9 @@ def resume_steps(batches, progress, stop):
     After a stop midway, the epoch's batches come in the same order again; those trained on before
     the stop are drawn and dropped, then the random state of the moment of the stop is restored, so
     the run goes on exactly as if it had never stopped (with --num-workers 0; see README).
+    progress["seconds"] sums the epoch's training time over its parts, before and after a stop.
     """
+    started = time.time() - progress["seconds"]
     for step, batch in enumerate(batches, start=1):
         if step < progress["step"]:
             continue
@@ -199,6 +202,7 @@ def resume_steps(batches, progress, stop):
             set_rng_states(progress["rng"])
             continue
         yield step, batch
+        progress["seconds"] = time.time() - started
         if stop.requested:  # checked after the step, before the next batch is drawn
             return
 
@@ -210,4 +214,4 @@ def epoch_progress(checkpoint, epoch, loader):
     if progress is None or progress["epoch"] != epoch:
         return new_progress(epoch, loader)
     loader.generator.set_state(progress["loader"])
-    return progress
+    return {"seconds": 0.0, **progress}  # a last.pt saved before "seconds" was kept: time unknown

@@ -315,3 +315,23 @@ def test_bad_checkpoint_paths_are_user_errors(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(UserError, match="junk.pt: not a readable checkpoint"):
         ckpt.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_a_resumed_epoch_counts_its_training_time_before_the_stop():
+    from common.guard import epoch_progress, new_progress, resume_steps, stopped_progress
+    loader = torch.utils.data.DataLoader(range(6), generator=torch.Generator())
+    stop = type("NoStop", (), {"requested": False})()
+    progress = new_progress(1, loader)
+    for step, _ in resume_steps(loader, progress, stop):
+        progress["step"] = step  # as train_one_epoch records it
+        if step == 3:  # the epoch stops here, as after a Ctrl-C; pretend its first part took 40 s
+            break
+    assert 0 < progress["seconds"] < 40
+    progress["seconds"] = 40.0
+    resumed = epoch_progress({"progress": stopped_progress(progress)}, 1, loader)
+    steps = [step for step, _ in resume_steps(loader, resumed, stop)]
+    assert steps == [4, 5, 6]
+    assert 40 < resumed["seconds"] < 50  # the 40 s before the stop, plus the three steps after it
+    # a last.pt saved before the time was kept resumes with only the time after the stop
+    old = {key: value for key, value in stopped_progress(progress).items() if key != "seconds"}
+    assert epoch_progress({"progress": old}, 1, loader)["seconds"] == 0.0

@@ -71,6 +71,8 @@ def test_sigint_saves_mid_epoch_and_resume_gives_the_uninterrupted_run(csv_400, 
     assert same_weights(weights(last), weights(tmp_path / "straight" / "last.pt"))
     a, b = read_metrics_csv(tmp_path / "stopped" / "metrics.csv"), read_metrics_csv(tmp_path / "straight" / "metrics.csv")
     assert [r["val_f1"] for r in a] == [r["val_f1"] for r in b]
+    if progress:  # the stopped epoch's time is its two parts together, before and after the stop
+        assert a[0]["seconds"] > progress["seconds"] > 0
     # 07_fast sums the loss on the device, in float32, and adds the two parts of the stopped epoch afterwards
     tolerance = 0 if stage == STAGE else 1e-6
     assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=tolerance, abs=0)
