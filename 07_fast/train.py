@@ -14,35 +14,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
-import json
 import math
 import time
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 from tqdm import tqdm
 
 from common.checkpoint import get_rng_states, save_checkpoint, write_metrics_csv
 from common.data import ImageDataset, eval_transform
-from common.distributed import (SharedStop, WeightedDistributedSampler, broadcast_object,
-                                close_distributed, gather_objects, init_distributed,
-                                restore_process_rng, silence_other_processes, sum_over_processes)
 from common.flags import add_run_flags, stage_parser
-from common.guard import (StopSignal, epoch_progress, positive_int, resume_run, resume_steps,
-                          stop_if_diverged)
+from common.guard import epoch_progress, positive_int, resume_steps, stop_if_diverged
 from common.metrics import class_shares, class_weights
 from common.run import RunLog, epoch_row, load_run_data, restore_training
-from common.runfolder import claim_run_folder
 from common.runtime import (UserError, import_sibling, loader_generator, pick_amp_dtype,
-                            pick_device, seed_everything)
+                            seed_everything)
 
 STAGE = Path(__file__).resolve().parent.name
 LESSON = ["--num-workers", "build_train_transform", "build_loaders", "train_one_epoch", "main"]
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
 eval_lib = import_sibling(__file__, "eval")
-augment_lib = import_sibling(__file__, "augment")
+augment_lib = import_sibling(__file__, "augment")  # New in 07_fast: augmentation on the device
+ddp = import_sibling(__file__, "ddp")  # New in 07_fast: several processes with torchrun
 
 
 def get_args(argv=None):
@@ -82,7 +76,7 @@ def build_loaders(args, data, rank=0, world_size=1):
     if args.balanced_sampler:  # draw each image with its class's weight: classes come equally often
         shares = class_shares(train_labels, len(data.class_names))  # (N, C): one-hot or FER+ votes
         image_weights = shares @ class_weights(train_labels, len(data.class_names))  # (N,)
-        sampler = WeightedDistributedSampler(image_weights, world_size, rank, args.seed)
+        sampler = ddp.WeightedDistributedSampler(image_weights, world_size, rank, args.seed)
     else:
         sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
     batches = BatchSampler(sampler, args.batch_size // world_size, drop_last=False)  # global batch
@@ -132,7 +126,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, desc, augment, 
         progress["step"] = step
         if show and step % 20 == 0:  # reading the numbers waits for the device; now and then only
             bar.set_postfix(loss=float(total_loss / seen))
-    shares = sum_over_processes([float(total_loss), float(correct), seen])  # all processes' sums
+    shares = ddp.sum_over_processes([float(total_loss), float(correct), seen])  # all processes
     progress["loss_sum"] += shares[0]
     progress["correct"] += shares[1]
     progress["seen"] += shares[2]
@@ -141,21 +135,9 @@ def train_one_epoch(model, loader, criterion, optimizer, device, desc, augment, 
 
 def main(argv=None):
     args, parser = get_args(argv)
-    silence_other_processes()  # New in 07_fast: under torchrun, only rank 0 prints
-    checkpoint, args = resume_run(args, parser, STAGE)  # --resume: its last.pt and its recipe
     # New in 07_fast: this process's rank among world_size processes (rank 0 of 1 without torchrun)
-    rank, world_size, device = init_distributed(pick_device(args.device))
-    folder = None
-    if rank == 0:  # rank 0 claims the run folder (and locks it), then tells the others
-        folder = str(claim_run_folder(args, STAGE))
-    out = Path(broadcast_object(folder))
-    args.out = str(out.resolve())  # absolute, so eval and --resume work from any folder
-    stop = SharedStop(StopSignal(out))  # Ctrl-C or SIGTERM: every process finishes the step
-    print("args:", json.dumps(vars(args)))
+    checkpoint, args, out, stop, rank, world_size, device = ddp.start_run(args, parser, STAGE)
     seed_everything(args.seed + rank)  # each process its own augmentation and dropout draws
-    if args.batch_size % world_size:
-        raise UserError(f"--batch-size {args.batch_size} does not split evenly over "
-                        f"{world_size} processes")
 
     data = load_run_data(args, checkpoint)  # --data, else data/fer2013*, else the built-in faces
     train_loader, val_loader = build_loaders(args, data, rank, world_size)
@@ -177,12 +159,7 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     amp_dtype = pick_amp_dtype(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    step_model = model  # what takes the steps: the model, wrapped for several processes or compiled
-    if world_size > 1:  # DDP starts every process from rank 0's weights, averages each step's grads
-        gpu = [device] if device.type == "cuda" else None
-        step_model = DistributedDataParallel(step_model, device_ids=gpu)
-    if args.compile:  # the first steps compile; later ones are faster
-        step_model = torch.compile(step_model)
+    step_model = ddp.wrap_model(model, device, world_size, args.compile)  # DDP; compiled if asked
 
     # A new run starts from these counters, a resumed one from those in its last.pt.
     counters = checkpoint or {"epoch": 0, "history": [], "best_f1": -1.0, "bad_epochs": 0}
@@ -190,18 +167,15 @@ def main(argv=None):
     best_f1 = counters["best_f1"]
     bad_epochs = counters["bad_epochs"]
     restore_training(checkpoint, model, optimizer, scheduler=scheduler)  # only with --resume
-    if checkpoint:
-        if checkpoint["scaler"]:  # empty when the stopped run did not use fp16
-            scaler.load_state_dict(checkpoint["scaler"])
-        restore_process_rng(checkpoint, rank, world_size)  # each process its own random states
+    ddp.restore_process_state(checkpoint, scaler, rank, world_size)  # loss scale, random states
     log = RunLog(STAGE, args, out, data, write=rank == 0)  # one process writes files and logs
     precision = str(amp_dtype or torch.float32).removeprefix("torch.")
     log.header(device, model, f"{world_size} process(es), {precision}")
 
     for epoch in range(counters["epoch"] + 1, args.epochs + 1):
         train_loader.sampler.sampler.set_epoch(epoch)  # a new shuffle, the same in every process
-        started = time.time()
         progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        started = time.time() - progress["seconds"]  # a resumed epoch: plus its time before a stop
         desc = f"Epoch {epoch}/{args.epochs}" if rank == 0 else None  # a progress bar on rank 0
         train_one_epoch(
             step_model,
@@ -219,11 +193,8 @@ def main(argv=None):
         img_per_s = len(train_loader.dataset) / (time.time() - started)  # training alone
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway
         if not stopped:
-            val = None
-            if rank == 0:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    val = eval_lib.evaluate(model, val_loader, device)
-            val = broadcast_object(val)  # rank 0's numbers everywhere: all stop at the same epoch
+            # rank 0's numbers everywhere: every process stops at the same epoch
+            val = ddp.evaluate_rank0(eval_lib.evaluate, model, val_loader, device, amp_dtype, rank)
             stop_if_diverged(val["loss"], progress)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()  # one step along the cosine per epoch
@@ -239,7 +210,7 @@ def main(argv=None):
             "scaler": scaler.state_dict(),
             "best_f1": best_f1, "bad_epochs": bad_epochs, "history": history,
             **log.checkpoint_keys(progress, stopped, train_loader),  # stage, config, RNG states
-            "rng": gather_objects(get_rng_states()),  # New in 07_fast: one entry per process
+            "rng": ddp.gather_objects(get_rng_states()),  # New in 07_fast: one entry per process
         }
         if rank == 0:  # every process holds the same weights; one writes them
             if not stopped and improved:  # chosen on validation macro-F1, never on test. First:
@@ -254,7 +225,7 @@ def main(argv=None):
 
     log.finish(history, model, val_loader, device, eval_lib.evaluate)  # curves.png and a summary
     stop.close()
-    close_distributed()
+    ddp.close_distributed()
     return history
 
 

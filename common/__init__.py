@@ -15,7 +15,6 @@ listed above it (tests/test_imports.py checks it):
     flags.py          the flags every stage's train.py shares, added in one call
     tracking.py       optional Weights & Biases logging
     run.py            a run's start, data, resume and reports: what main() calls around the recipe
-    distributed.py    torchrun: the process group and what the processes share (07_fast)
 
 The tools for looking at data and results are in analysis/, which builds on this package.
 """

@@ -1,9 +1,11 @@
 """07_fast: batched on-device augmentation, mixed precision, torchrun data parallelism, the benchmark."""
 import math
 import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import LOG_LINE, REPO, load_stage_module
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -11,7 +13,6 @@ from torchvision.transforms.v2 import functional as TF
 from common.checkpoint import load_checkpoint, read_metrics_csv
 from common.data import eval_transform
 from common.facedata import PREPROCESSING
-from common.distributed import WeightedDistributedSampler
 from common.runtime import cpu_has_bf16, pick_amp_dtype
 
 STAGE = "07_fast"
@@ -114,13 +115,14 @@ def test_amp_dtype_choice():
 
 def test_weighted_sampler_splits_one_draw_between_processes():
     weights = torch.tensor([1.0] * 90 + [9.0] * 10)  # ten rare images weigh as much as the ninety others
+    ddp = load_stage_module(STAGE, "ddp")
     shares = []
     for rank in (0, 1):
-        sampler = WeightedDistributedSampler(weights, num_replicas=2, rank=rank, seed=0)
+        sampler = ddp.WeightedDistributedSampler(weights, num_replicas=2, rank=rank, seed=0)
         sampler.set_epoch(3)
         shares.append(list(sampler))
     assert len(shares[0]) == len(shares[1]) == 50
-    together = WeightedDistributedSampler(weights, num_replicas=1, rank=0, seed=0)
+    together = ddp.WeightedDistributedSampler(weights, num_replicas=1, rank=0, seed=0)
     together.set_epoch(3)
     draw = list(together)
     assert draw[0::2] == shares[0] and draw[1::2] == shares[1]
@@ -223,6 +225,23 @@ def test_torchrun_two_processes_train_resume_and_match_one_process(run, trained_
         assert ddp["lr"] == pytest.approx(one["lr"])
         assert ddp["train_loss"] == pytest.approx(one["train_loss"], abs=0.08)
         assert ddp["val_loss"] == pytest.approx(one["val_loss"], abs=0.05)
+
+
+def test_a_stopped_torchrun_run_is_told_to_resume_with_torchrun(monkeypatch):
+    ddp = load_stage_module(STAGE, "ddp")
+    assert ddp.resume_launcher() == "python"  # no process group: started as `python train.py`
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with socket.socket() as s:  # a free port for a one-process gloo group, as torchrun would set up
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        assert ddp.resume_launcher() == "torchrun --standalone --nproc_per_node 1"
+        monkeypatch.setattr(dist, "get_world_size", lambda: 4)  # 2 machines of 2 processes
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert ddp.resume_launcher().startswith("torchrun <each machine's options")
+    finally:
+        dist.destroy_process_group()
 
 
 def test_benchmark_prints_both_stages(run, fer_csv):
