@@ -1,8 +1,7 @@
-"""Stage 06 model: 04's AffectNet network and weights for grey FER2013 faces, or a ResNet-18.
+"""Stage 06 model: 04's AffectNet network, or torchvision's ResNet-18, for grey FER2013 faces.
 
-04's classes are copied unchanged, so 04's weights load by name. A grey face is an RGB face with
-R = G = B, so grey_first_layer sums each first-layer kernel over its colours (scaled for FER2013's
-normalisation), and each FER2013 output starts as the AffectNet output of the same emotion.
+04's classes are copied unchanged, so 04's weights load by name. How trained weights become this
+network's start point (colour to grey, 8 classes to 7) is in transfer.py.
 """
 import torch
 from torch import nn
@@ -64,53 +63,11 @@ class AffectNetCNN(nn.Module):
         return self.classifier(x)  # (B, num_classes)
 
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # its normalisation
-TO_AFFECTNET = {  # a FER2013 or FER+ class -> the AffectNet class whose output it starts as
-    "angry": "anger", "anger": "anger", "contempt": "contempt", "disgust": "disgust",
-    "fear": "fear", "happy": "happy", "happiness": "happy", "sad": "sad", "sadness": "sad",
-    "surprise": "surprise", "neutral": "neutral",
-}
-
-
-def grey_first_layer(state, conv, bn, source, target):
-    """In `state`: an RGB first convolution (no bias) and its BatchNorm, made for grey input."""
-    weight = state[conv]  # (out, 3, k, k)
-    rgb_mean = torch.tensor(source["mean"]).view(1, 3, 1, 1)
-    rgb_std = torch.tensor(source["std"]).view(1, 3, 1, 1)
-    # grey x = (g - m) / s, and colour c sees (g - m_c) / s_c = x * s / s_c + (m - m_c) / s_c
-    scaled = weight * target["std"][0] / rgb_std
-    state[conv] = scaled.sum(dim=1, keepdim=True)  # (out, 1, k, k)
-    shift = (target["mean"][0] - rgb_mean) / rgb_std  # what each colour channel adds everywhere
-    constant = (weight * shift).sum(dim=(1, 2, 3))  # (out,) the response to that constant
-    state[bn + ".running_mean"] = state[bn + ".running_mean"] - constant  # BatchNorm removes it
-
-
-def from_affectnet(checkpoint, class_names, preprocessing):
-    """04's network with a 04 checkpoint's weights, for grey faces and `class_names`."""
-    model = AffectNetCNN(num_classes=len(class_names), in_channels=1)
-    state = dict(checkpoint["model"])
-    state.pop("to_gray.weights", None)  # a --grayscale run's RGB mix: grey input needs none
-    if state["features.0.0.weight"].shape[1] == 3:
-        source = checkpoint["preprocessing"]
-        grey_first_layer(state, "features.0.0.weight", "features.0.1", source, preprocessing)
-    rows = [checkpoint["class_names"].index(TO_AFFECTNET[name]) for name in class_names]
-    state["classifier.4.weight"] = state["classifier.4.weight"][rows]  # each emotion's own row
-    state["classifier.4.bias"] = state["classifier.4.bias"][rows]
-    model.load_state_dict(state)
-    return model
-
-
-def build_resnet18(num_classes, preprocessing=None, weights_file=None):
-    """ResNet-18 for grey faces; ImageNet weights from `weights_file` when given."""
+def build_resnet18(num_classes):
+    """torchvision's ResNet-18 for grey faces, random weights (transfer.py loads ImageNet's)."""
     model = resnet18(weights=None)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)  # grey input
     model.fc = nn.Linear(512, num_classes)  # ImageNet's 1000 classes are of no use here
-    if weights_file is not None:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        grey_first_layer(state, "conv1.weight", "bn1", IMAGENET, preprocessing)
-        state["fc.weight"] = model.fc.weight.detach()  # the new head keeps its random start
-        state["fc.bias"] = model.fc.bias.detach()
-        model.load_state_dict(state)
     return model
 
 

@@ -24,21 +24,20 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint, write_metrics_csv
+from common.checkpoint import save_checkpoint, write_metrics_csv
 from common.data import ImageDataset, eval_transform
 from common.flags import add_run_flags, stage_parser
 from common.guard import epoch_progress, positive_int, resume_steps, stop_if_diverged
 from common.metrics import class_shares, class_weights
 from common.run import RunLog, epoch_row, load_run_data, restore_training, start_run
-from common.runtime import (UserError, cached_download, import_sibling, loader_generator,
-                            pick_device, seed_everything, seed_worker)
+from common.runtime import (UserError, import_sibling, loader_generator, pick_device,
+                            seed_everything, seed_worker)
 
 STAGE = Path(__file__).resolve().parent.name
 LESSON = ["--data", "--epochs", "build_train_transform", "main"]
-AFFECTNET_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "04_affectnet-affectnet.pt"
-IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
 eval_lib = import_sibling(__file__, "eval")
+transfer_lib = import_sibling(__file__, "transfer")  # New in 06_transfer: where the weights start
 
 
 def get_args(argv=None):
@@ -120,35 +119,17 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress, stop)
         bar.set_postfix(loss=progress["loss_sum"] / progress["seen"])
 
 
-def start_model(args, class_names, preprocessing):
-    """The network and the weights it starts from. Only this differs between the runs compared."""
-    if args.init == "scratch":
-        return model_lib.build_model(len(class_names), 1), {"arch": "affectnet-cnn"}
-    if args.init == "imagenet":
-        weights = args.init_weights or cached_download(IMAGENET_URL, "--init-weights")
-        model = model_lib.build_resnet18(len(class_names), preprocessing, weights)
-        return model, {"arch": "resnet18"}
-    weights = args.init_weights or AFFECTNET_WEIGHTS
-    source = load_checkpoint(weights)
-    if source.get("stage") != "04_affectnet":
-        raise UserError(f"{weights}: was trained by {source.get('stage', 'no stage')}, not "
-                        f"04_affectnet; pass a 04_affectnet best.pt or weights file")
-    model = model_lib.from_affectnet(source, class_names, preprocessing)
-    return model, {"arch": "affectnet-cnn"}
-
-
 def main(argv=None):
     args, parser = get_args(argv)
     checkpoint, args, out, stop = start_run(args, parser, STAGE)  # --resume, run folder, Ctrl-C
     seed_everything(args.seed)
     device = pick_device(args.device)
 
-    # New in 06_transfer: back to FER2013 (data/fer2013.csv by default)
-    data = load_run_data(args, checkpoint)
+    data = load_run_data(args, checkpoint)  # New in 06_transfer: FER2013 again (data/fer2013*)
     train_loader, val_loader = build_loaders(args, data)
 
     # New in 06_transfer: the start point. model_kwargs go into best.pt, so eval rebuilds the net.
-    model, model_kwargs = start_model(args, data.class_names, data.preprocessing)
+    model, model_kwargs = transfer_lib.start_model(args, data.class_names, data.preprocessing)
     model = model.to(device)
     weight = None
     if args.class_weights:
@@ -174,8 +155,8 @@ def main(argv=None):
     log.header(device, model)  # stage, device, parameters, split sizes, classes, seed, run folder
 
     for epoch in range(counters["epoch"] + 1, args.epochs + 1):
-        started = time.time()
         progress = epoch_progress(checkpoint, epoch, train_loader)  # new, or a stopped epoch's rest
+        started = time.time() - progress["seconds"]  # a resumed epoch: plus its time before a stop
         train_one_epoch(model, train_loader, criterion, optimizer, device, progress, stop)
         img_per_s = len(train_loader.dataset) / (time.time() - started)  # training alone
         stopped = progress["step"] < len(train_loader)  # a signal ended the epoch midway

@@ -38,9 +38,9 @@ def affectnet_checkpoint(path, seed=0):
 
 def test_affectnet_start_computes_on_grey_faces_what_04_computed_in_colour(tmp_path):
     model_04, path = affectnet_checkpoint(tmp_path / "04.pt")
-    model_lib = load_stage_module(STAGE, "model")
+    transfer = load_stage_module(STAGE, "transfer")
     fer = PREPROCESSING["fer2013"]
-    model_06 = model_lib.from_affectnet(load_checkpoint(path), FER2013_CLASSES, fer).eval()
+    model_06 = transfer.from_affectnet(load_checkpoint(path), FER2013_CLASSES, fer).eval()
     grey = torch.rand(4, 1, 48, 48)  # pixel values in [0, 1]
     colour = grey.repeat(1, 3, 1, 1)  # the same faces with R = G = B
     rgb = PREPROCESSING["affectnet"]
@@ -55,7 +55,7 @@ def test_affectnet_start_computes_on_grey_faces_what_04_computed_in_colour(tmp_p
     assert not torch.allclose(block_06, block_04, atol=1e-4)  # the border pixels do differ
     assert model_06.features[0][0].weight.shape == (32, 1, 3, 3)
     for i, name in enumerate(FER2013_CLASSES):  # each FER2013 output is its AffectNet emotion's
-        j = AFFECTNET_CLASSES.index(model_lib.TO_AFFECTNET[name])
+        j = AFFECTNET_CLASSES.index(transfer.TO_AFFECTNET[name])
         assert torch.equal(model_06.classifier[4].weight[i], model_04.classifier[4].weight[j])
         assert torch.equal(model_06.classifier[4].bias[i], model_04.classifier[4].bias[j])
     later = "features.4.0.weight"
@@ -68,7 +68,7 @@ def test_resnet18_from_a_local_imagenet_file(tmp_path):
     file = tmp_path / "resnet18-f37072fd.pth"
     torch.save(imagenet.state_dict(), file)
     fer = PREPROCESSING["fer2013"]
-    model = load_stage_module(STAGE, "model").build_resnet18(7, fer, weights_file=file)
+    model = load_stage_module(STAGE, "transfer").imagenet_resnet18(7, fer, file)
     assert model.conv1.weight.shape == (64, 1, 7, 7)
     imagenet_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     expected = (imagenet.conv1.weight * fer["std"][0] / imagenet_std).sum(dim=1, keepdim=True)
@@ -78,7 +78,7 @@ def test_resnet18_from_a_local_imagenet_file(tmp_path):
 
 
 def test_imagenet_download_failure_is_one_line_saying_where_to_put_the_file(tmp_path, monkeypatch):
-    train = load_stage_module(STAGE, "train")
+    transfer = load_stage_module(STAGE, "transfer")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     def offline(url, dst, *args, **kwargs):
@@ -86,14 +86,14 @@ def test_imagenet_download_failure_is_one_line_saying_where_to_put_the_file(tmp_
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(UserError) as error:
-        cached_download(train.IMAGENET_URL, "--init-weights")
+        cached_download(transfer.IMAGENET_URL, "--init-weights")
     message = str(error.value)
     assert "\n" not in message
     assert "could not download" in message and "--init-weights" in message
     placed = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(placed) in message
     placed.write_bytes(b"weights")  # the file put there by hand is used, with no download
-    assert cached_download(train.IMAGENET_URL, "--init-weights") == placed
+    assert cached_download(transfer.IMAGENET_URL, "--init-weights") == placed
 
 
 @pytest.mark.parametrize("init", ["affectnet", "scratch", "imagenet"])
@@ -109,10 +109,10 @@ def test_short_run_from_each_start_trains_saves_start_and_evaluates(init, small_
     result = run(*args)
     assert result.returncode == 0, result.stderr
     start = torch.load(out / "start.pt", weights_only=True)
-    model_lib = load_stage_module(STAGE, "model")
+    transfer = load_stage_module(STAGE, "transfer")
     if init == "affectnet":  # start.pt is 04's network adapted to grey faces and 7 classes
         fer = PREPROCESSING["fer2013"]
-        adapted = model_lib.from_affectnet(load_checkpoint(weights), FER2013_CLASSES, fer)
+        adapted = transfer.from_affectnet(load_checkpoint(weights), FER2013_CLASSES, fer)
         adapted = adapted.state_dict()
         assert all(torch.equal(start[key], adapted[key]) for key in adapted)
     best = load_checkpoint(out / "best.pt")
