@@ -187,16 +187,10 @@ def inference_only(checkpoint, dtype="float32"):
     config = dict(checkpoint["config"])
     for key in ("data", "out", "resume"):  # absolute paths of the machine that trained it mean nothing elsewhere
         if config.get(key) and Path(config[key]).is_absolute():
-            config[key] = _repo_relative(config[key])
+            path = Path(config[key]).resolve()  # inside the repo: relative to it; else the name
+            config[key] = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
     slim["config"] = config
     return slim
-
-
-def _repo_relative(path):
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name
 
 
 def get_rng_states():

@@ -15,7 +15,9 @@ from conftest import REPO
 PACKAGES = ("common", "analysis")
 LEAF = "common.facedata"
 # The readers load_data() dispatches to. A new reader joins this list and imports only LEAF.
-READERS = ("common.fer2013", "common.ferplus", "common.affectnet", "common.builtin_faces")
+READERS = ("common.fer2013", "common.ferplus", "common.affectnet", "common.affectnet_yolo",
+           "common.builtin_faces")
+MODULE_LINES = 250  # the most lines of one module: each can be read in one sitting
 
 
 def module_name(path):
@@ -203,3 +205,9 @@ def test_common_init_lists_every_module_after_the_modules_it_imports(graph):
     late = [f"{name} imports {target}, listed after it" for name in listed for target in sorted(graph[name].edges)
             if target in listed and listed.index(target) > listed.index(name)]
     assert not late, "\n".join(late) + f"\n{format_graph(graph)}"
+
+
+def test_no_module_is_longer_than_a_sitting():
+    lengths = {name: len(path.read_text().splitlines()) for name, path in find_modules().items()}
+    long = {name: lines for name, lines in lengths.items() if lines > MODULE_LINES}
+    assert not long, f"modules over {MODULE_LINES} lines (split them by what they do): {long}"
