@@ -145,7 +145,7 @@ def timed(run, batches, device):
 
 
 def new_progress():  # train_one_epoch's running totals, for a loop that is never stopped
-    return {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0}
+    return {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
 
 # stands in for the Ctrl-C handler: timing never stops early
