@@ -18,10 +18,11 @@ STAGE = "01_baseline"
 
 
 @pytest.fixture(scope="module")
-def csv_400(tmp_path_factory):
-    """Enough training faces (100 steps of 4) for a signal to land in the middle of an epoch."""
-    path = tmp_path_factory.mktemp("faces-400") / "fer2013.csv"
-    write_fer2013_csv(make_builtin_dataset(seed=0, sizes=(400, 21, 14)), path)
+def csv_1600(tmp_path_factory):
+    """Enough training faces (400 steps of 4) for a signal sent 2 s into training to land in the
+    middle of the first epoch, on an idle machine too (with 100 steps the epoch could end first)."""
+    path = tmp_path_factory.mktemp("faces-1600") / "fer2013.csv"
+    write_fer2013_csv(make_builtin_dataset(seed=0, sizes=(1600, 21, 14)), path)
     return path
 
 
@@ -49,8 +50,8 @@ def wait_for_training(process, stage=STAGE):
 
 
 @pytest.mark.parametrize("stage", [STAGE, "07_fast"])  # 07_fast: its own loop, with sums kept on the device
-def test_sigint_saves_mid_epoch_and_resume_gives_the_uninterrupted_run(csv_400, tmp_path, run, stage):
-    recipe = ["--data", csv_400, "--batch-size", "4", "--epochs", "1", "--num-workers", "0"]
+def test_sigint_saves_mid_epoch_and_resume_gives_the_uninterrupted_run(csv_1600, tmp_path, run, stage):
+    recipe = ["--data", csv_1600, "--batch-size", "4", "--epochs", "1", "--num-workers", "0"]
     process = start(*recipe, "--out", tmp_path / "stopped", stage=stage)
     wait_for_training(process, stage)
     process.send_signal(signal.SIGINT)
@@ -78,8 +79,8 @@ def test_sigint_saves_mid_epoch_and_resume_gives_the_uninterrupted_run(csv_400, 
     assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=tolerance, abs=0)
 
 
-def test_sigterm_exits_143_and_a_second_ctrl_c_exits_at_once(csv_400, tmp_path):
-    process = start("--data", csv_400, "--batch-size", "4", "--epochs", "1", "--out", tmp_path / "term")
+def test_sigterm_exits_143_and_a_second_ctrl_c_exits_at_once(csv_1600, tmp_path):
+    process = start("--data", csv_1600, "--batch-size", "4", "--epochs", "1", "--out", tmp_path / "term")
     wait_for_training(process)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
@@ -87,7 +88,7 @@ def test_sigterm_exits_143_and_a_second_ctrl_c_exits_at_once(csv_400, tmp_path):
     assert out.splitlines()[-1].startswith("stopped at epoch 1 step ")
 
     # many epochs, so the run cannot end on its own before the signals arrive
-    process = start("--data", csv_400, "--batch-size", "100", "--epochs", "50", "--out", tmp_path / "twice")
+    process = start("--data", csv_1600, "--batch-size", "100", "--epochs", "50", "--out", tmp_path / "twice")
     wait_for_training(process)
     process.send_signal(signal.SIGINT)
     for line in process.stderr:  # ends at EOF: a run that exits without the notice fails below
