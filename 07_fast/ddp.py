@@ -89,7 +89,9 @@ def evaluate_rank0(evaluate, model, loader, device, amp_dtype, rank):
 
 
 def silence_other_processes():
-    """Processes other than rank 0 print nothing from here on (their stdout goes to /dev/null)."""
+    """Processes other than rank 0 print nothing from here on (their stdout goes to /dev/null):
+    one log, written by the process that also writes the run folder. Errors still reach stderr
+    from every process."""
     if int(os.environ.get("RANK", 0)) > 0:
         sys.stdout = open(os.devnull, "w")
 
@@ -97,9 +99,7 @@ def silence_other_processes():
 def init_distributed(device):
     """Join torchrun's process group and return (rank, world_size, this process's device).
 
-    The backend is NCCL between GPUs and gloo between CPU processes. Processes other than rank 0
-    print nothing (their stdout goes to /dev/null): one log, written by the process that also
-    writes the run folder. Errors still reach stderr from every process.
+    The backend is NCCL between GPUs and gloo between CPU processes.
     """
     if "RANK" not in os.environ:  # started as `python train.py`
         return 0, 1, device
@@ -113,7 +113,6 @@ def init_distributed(device):
         raise UserError(f"torchrun training runs on CUDA GPUs or the CPU, not on {device.type}; "
                         f"use --device cpu")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    silence_other_processes()
     return rank, world_size, device
 
 
