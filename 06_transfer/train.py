@@ -34,7 +34,7 @@ from common.runtime import (UserError, import_sibling, loader_generator, pick_de
                             seed_everything, seed_worker)
 
 STAGE = Path(__file__).resolve().parent.name
-LESSON = ["--data", "--epochs", "build_train_transform", "main"]
+LESSON = ["--data", "build_train_transform", "main"]
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
 eval_lib = import_sibling(__file__, "eval")
 transfer_lib = import_sibling(__file__, "transfer")  # New in 06_transfer: where the weights start
@@ -43,7 +43,7 @@ transfer_lib = import_sibling(__file__, "transfer")  # New in 06_transfer: where
 def get_args(argv=None):
     parser = stage_parser(__doc__)  # --help: this file's first line, then every flag's default
     parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="maximum number of epochs")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="maximum number of epochs")
     add_run_flags(parser)  # --batch-size, --lr, --seed, ... --wandb: the same in every stage
     parser.set_defaults(num_workers=1)  # New in 02_deeper: a worker augments while the model trains
     # stage-specific flags
