@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import load_checkpoint
-from common.runtime import UserError, cached_download, import_sibling
+from common.runtime import UserError, import_sibling
 
 AFFECTNET_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "04_affectnet-affectnet.pt"
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -21,6 +21,22 @@ TO_AFFECTNET = {  # a FER2013 or FER+ class -> the AffectNet class whose output 
     "surprise": "surprise", "neutral": "neutral",
 }
 model_lib = import_sibling(__file__, "model")  # this stage's networks
+
+
+def cached_download(url, flag):
+    """The file at `url` in torch's cache (~/.cache/torch/hub/checkpoints/), downloaded once.
+    Without a network: a one-line error saying where to put the file by hand, or which `flag`
+    names a file instead."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target))
+    except OSError as e:  # no network, a proxy, a firewall: URLError is an OSError
+        raise UserError(f"could not download {url} ({e}); download it where you have internet "
+                        f"and place it at {target}, or pass {flag} FILE") from None
+    return target
 
 
 def grey_first_layer(state, conv, bn, source, target):

@@ -45,9 +45,9 @@ import torch
 import torch.nn as nn
 
 from common.data import eval_transform, load_data
-from common.runtime import (REPO_ROOT, UserError, import_sibling, pick_amp_dtype, pick_device,
-                            seed_everything)
+from common.runtime import REPO_ROOT, UserError, import_sibling, pick_device, seed_everything
 
+amp_lib = import_sibling(__file__, "precision")  # 07_fast's choice of autocast dtype
 STAGES = ["03_attention", "07_fast"]
 
 
@@ -215,7 +215,7 @@ def measure(stage, args):
     if stage == "07_fast":  # the techniques of this stage, as its train.py applies them
         model = model.to(memory_format=torch.channels_last)
         augment = train.build_train_transform(data.preprocessing, stage_args.augment).to(device)
-        amp_dtype = pick_amp_dtype(device, args.amp)
+        amp_dtype = amp_lib.pick_amp_dtype(device, args.amp)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         precision = f"{str(amp_dtype or torch.float32).removeprefix('torch.')}, channels_last"
         precision += ", compiled" if args.compile else ""

@@ -28,8 +28,7 @@ from common.flags import add_run_flags, stage_parser
 from common.guard import epoch_progress, positive_int, resume_steps, stop_if_diverged
 from common.metrics import class_shares, class_weights
 from common.run import RunLog, epoch_row, load_run_data, restore_training
-from common.runtime import (UserError, import_sibling, loader_generator, pick_amp_dtype,
-                            seed_everything)
+from common.runtime import UserError, import_sibling, loader_generator, seed_everything
 
 STAGE = Path(__file__).resolve().parent.name
 LESSON = ["--num-workers", "build_train_transform", "build_loaders", "train_one_epoch", "main"]
@@ -37,6 +36,7 @@ model_lib = import_sibling(__file__, "model")  # by path: every stage has its ow
 eval_lib = import_sibling(__file__, "eval")
 augment_lib = import_sibling(__file__, "augment")  # New in 07_fast: augmentation on the device
 ddp = import_sibling(__file__, "ddp")  # New in 07_fast: several processes with torchrun
+amp_lib = import_sibling(__file__, "precision")  # New in 07_fast: which dtype autocast uses
 
 
 def get_args(argv=None):
@@ -157,7 +157,7 @@ def main(argv=None):
     def cosine(epoch):  # multiplies lr: 1 at the start, 0 after the last epoch
         return 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-    amp_dtype = pick_amp_dtype(device, args.amp)
+    amp_dtype = amp_lib.pick_amp_dtype(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_model = ddp.wrap_model(model, device, world_size, args.compile)  # DDP; compiled if asked
 

@@ -56,31 +56,6 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
-def cpu_has_bf16():
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX). Without it, torch emulates
-    bf16 and a bf16 step is slower than a float32 one."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
-
-
-def pick_amp_dtype(device, choice="auto"):
-    """The dtype for torch.autocast on `device`, or None for plain float32.
-
-    auto: bfloat16 where the hardware computes it natively (CUDA GPUs that support it, CPUs with
-    bf16 instructions), float16 on older CUDA GPUs (it needs a GradScaler: its range is small),
-    float32 elsewhere. An explicit bf16 or fp16 is used as asked, fast or not.
-    """
-    if choice == "off" or device.type not in ("cpu", "cuda"):
-        return None
-    if choice == "auto" and device.type == "cuda":
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if choice == "auto":
-        choice = "bf16" if cpu_has_bf16() else "off"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[choice]
-
-
 def import_sibling(script_file, module_name):
     """Import `module_name`.py from the folder of `script_file`, by path.
 
@@ -120,19 +95,3 @@ def log_scalars(writer, row):
         if key != "epoch":
             writer.add_scalar(key, value, row["epoch"])
     writer.flush()
-
-
-def cached_download(url, flag):
-    """The file at `url` in torch's cache (~/.cache/torch/hub/checkpoints/), downloaded once.
-    Without a network: a one-line error saying where to put the file by hand, or which `flag`
-    names a file instead."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(target))
-    except OSError as e:  # no network, a proxy, a firewall: URLError is an OSError
-        raise UserError(f"could not download {url} ({e}); download it where you have internet "
-                        f"and place it at {target}, or pass {flag} FILE") from None
-    return target

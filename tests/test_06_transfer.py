@@ -10,7 +10,7 @@ from torchvision.models import resnet18
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.facedata import AFFECTNET_CLASSES, FER2013_CLASSES, PREPROCESSING
-from common.runtime import UserError, cached_download
+from common.runtime import UserError
 
 STAGE = "06_transfer"
 
@@ -86,14 +86,14 @@ def test_imagenet_download_failure_is_one_line_saying_where_to_put_the_file(tmp_
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(UserError) as error:
-        cached_download(transfer.IMAGENET_URL, "--init-weights")
+        transfer.cached_download(transfer.IMAGENET_URL, "--init-weights")
     message = str(error.value)
     assert "\n" not in message
     assert "could not download" in message and "--init-weights" in message
     placed = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(placed) in message
     placed.write_bytes(b"weights")  # the file put there by hand is used, with no download
-    assert cached_download(transfer.IMAGENET_URL, "--init-weights") == placed
+    assert transfer.cached_download(transfer.IMAGENET_URL, "--init-weights") == placed
 
 
 @pytest.mark.parametrize("init", ["affectnet", "scratch", "imagenet"])

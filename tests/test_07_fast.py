@@ -13,7 +13,6 @@ from torchvision.transforms.v2 import functional as TF
 from common.checkpoint import load_checkpoint, read_metrics_csv
 from common.data import eval_transform
 from common.facedata import PREPROCESSING
-from common.runtime import cpu_has_bf16, pick_amp_dtype
 
 STAGE = "07_fast"
 FER = PREPROCESSING["fer2013"]
@@ -26,6 +25,10 @@ def faces(n=8, channels=1, size=48, seed=0):
 
 def augment_lib():
     return load_stage_module(STAGE, "augment")
+
+
+def precision_lib():
+    return load_stage_module(STAGE, "precision")
 
 
 def test_the_network_is_03s():
@@ -106,6 +109,8 @@ def test_random_erasing_blanks_one_rectangle_of_2_to_33_percent():
 
 
 def test_amp_dtype_choice():
+    pick_amp_dtype = precision_lib().pick_amp_dtype
+    cpu_has_bf16 = precision_lib().cpu_has_bf16
     cpu = torch.device("cpu")
     assert pick_amp_dtype(cpu, "off") is None
     assert pick_amp_dtype(cpu, "bf16") == torch.bfloat16
@@ -208,7 +213,7 @@ def test_torchrun_two_processes_train_resume_and_match_one_process(run, trained_
     assert first.returncode == 0, first.stderr[-3000:]
     second = torchrun(run, "--resume", out / "last.pt", "--epochs", "3")  # one epoch more
     assert second.returncode == 0, second.stderr[-3000:]
-    precision = "bfloat16" if cpu_has_bf16() else "float32"  # what --amp auto picks on this CPU
+    precision = "bfloat16" if precision_lib().cpu_has_bf16() else "float32"  # what --amp auto picks on this CPU
     for result in (first, second):  # one log: the second process prints nothing
         lines = [line for line in result.stdout.splitlines() if not line.startswith("note: continuing the run in")]
         assert sum(line.startswith("args:") for line in lines) == 1
