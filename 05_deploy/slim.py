@@ -18,9 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import argparse
 
-from common.checkpoint import (INFERENCE_KEYS, inference_only, load_checkpoint, save_checkpoint,
-                               sha256)
-from common.runtime import UserError
+import torch
+
+from common.checkpoint import load_checkpoint, save_checkpoint, sha256
+from common.runtime import REPO_ROOT, UserError
+
+# All that a slim file keeps, and what it may add: how to rebuild the model (04_affectnet's
+# --grayscale) and how to widen int8 weights back to float32.
+INFERENCE_KEYS = ("stage", "model", "class_names", "preprocessing", "config")
+OPTIONAL_KEYS = ("model_kwargs", "int8_scales")
 
 
 def get_args(argv=None):
@@ -39,6 +45,49 @@ def get_args(argv=None):
         help="how to store the weights",
     )
     return parser.parse_args(argv)
+
+
+def inference_only(checkpoint, dtype="float32"):
+    """A training checkpoint reduced to what inference needs: no optimizer, scheduler, RNG or
+    history.
+
+    dtype="float16" stores every weight in half the bytes. dtype="int8" stores each convolution
+    kernel and weight matrix in a quarter: one byte per weight plus one float32 scale per output
+    channel (its largest magnitude / 127), so a weight moves by at most half a step of that scale.
+    Either way common.checkpoint.load_checkpoint turns them back into float32; check with eval.py
+    what the predictions lose."""
+    slim = {key: checkpoint[key] for key in INFERENCE_KEYS}
+    if "model_kwargs" in checkpoint:  # how to rebuild the model (04_affectnet: --grayscale)
+        slim["model_kwargs"] = checkpoint["model_kwargs"]
+    if dtype == "float16":
+        slim["model"] = {
+            name: weight.half() if weight.is_floating_point() else weight
+            for name, weight in checkpoint["model"].items()
+        }
+    elif dtype == "int8":
+        slim["model"] = dict(checkpoint["model"])
+        slim["int8_scales"] = {}
+        for name, weight in checkpoint["model"].items():
+            if not weight.is_floating_point() or weight.ndim < 2:
+                continue  # biases, BatchNorm and counters stay as they are
+            dims = tuple(range(1, weight.ndim))  # everything but the output channel
+            scale = weight.abs().amax(dim=dims, keepdim=True).clamp(min=1e-12) / 127
+            slim["model"][name] = torch.round(weight / scale).to(torch.int8)
+            slim["int8_scales"][name] = scale.float()
+    elif dtype != "float32":
+        raise ValueError(f"dtype {dtype!r}: use float32, float16 or int8")
+    config = dict(checkpoint["config"])
+    # Absolute paths of the machine that trained it mean nothing elsewhere: inside the repo they
+    # become relative to it, outside it the bare name.
+    for key in ("data", "out", "resume"):
+        if config.get(key) and Path(config[key]).is_absolute():
+            path = Path(config[key]).resolve()
+            if path.is_relative_to(REPO_ROOT):
+                config[key] = str(path.relative_to(REPO_ROOT))
+            else:
+                config[key] = path.name
+    slim["config"] = config
+    return slim
 
 
 def main(argv=None):

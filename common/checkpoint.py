@@ -22,8 +22,6 @@ from common.runtime import REPO_ROOT, RUNS_DIR, UserError
 
 WEIGHTS_DIR = REPO_ROOT / "weights"  # the trained models that ship with the course
 MANIFEST = WEIGHTS_DIR / "manifest.json"  # per file: stage, SHA-256, PrivateTest numbers, how it was made
-INFERENCE_KEYS = ("stage", "model", "class_names", "preprocessing", "config")  # all that a shipped file keeps
-OPTIONAL_KEYS = ("model_kwargs", "int8_scales")  # how to rebuild the model; how to widen int8 weights
 
 
 class WriteError(UserError):
@@ -92,7 +90,7 @@ def load_checkpoint(path):
     if isinstance(checkpoint, dict) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
         raise UserError(f"{path}: holds bare model weights (a state_dict), not a checkpoint of this course; "
                         f"use the best.pt or last.pt that a stage's train.py writes")
-    if isinstance(checkpoint, dict) and "int8_scales" in checkpoint:  # written by inference_only(dtype="int8")
+    if isinstance(checkpoint, dict) and "int8_scales" in checkpoint:  # written by 05_deploy/slim.py --dtype int8
         scales = checkpoint.pop("int8_scales")
         for name, scale in scales.items():
             checkpoint["model"][name] = checkpoint["model"][name].float() * scale
@@ -159,38 +157,6 @@ def default_output_dir(checkpoint_path, name):
     if checkpoint_path.parent == WEIGHTS_DIR:
         return RUNS_DIR / "shipped" / checkpoint_path.stem / name
     return checkpoint_path.parent / name
-
-
-def inference_only(checkpoint, dtype="float32"):
-    """A training checkpoint reduced to what inference needs: no optimizer, scheduler, RNG or history.
-
-    dtype="float16" stores every weight in half the bytes. dtype="int8" stores each convolution kernel
-    and weight matrix in a quarter: one byte per weight plus one float32 scale per output channel
-    (its largest magnitude / 127), so a weight moves by at most half a step of that scale. Either way
-    load_checkpoint turns them back into float32; check with eval.py what the predictions lose."""
-    slim = {key: checkpoint[key] for key in INFERENCE_KEYS}
-    if "model_kwargs" in checkpoint:  # how to rebuild the model (04_affectnet: --grayscale)
-        slim["model_kwargs"] = checkpoint["model_kwargs"]
-    if dtype == "float16":
-        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["model"].items()}
-    elif dtype == "int8":
-        slim["model"] = dict(checkpoint["model"])
-        slim["int8_scales"] = {}
-        for name, weight in checkpoint["model"].items():
-            if weight.is_floating_point() and weight.ndim >= 2:  # kernels and matrices; biases and norms stay
-                dims = tuple(range(1, weight.ndim))  # everything but the output channel
-                scale = weight.abs().amax(dim=dims, keepdim=True).clamp(min=1e-12) / 127
-                slim["model"][name] = torch.round(weight / scale).to(torch.int8)
-                slim["int8_scales"][name] = scale.float()
-    elif dtype != "float32":
-        raise ValueError(f"dtype {dtype!r}: use float32, float16 or int8")
-    config = dict(checkpoint["config"])
-    for key in ("data", "out", "resume"):  # absolute paths of the machine that trained it mean nothing elsewhere
-        if config.get(key) and Path(config[key]).is_absolute():
-            path = Path(config[key]).resolve()  # inside the repo: relative to it; else the name
-            config[key] = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
-    slim["config"] = config
-    return slim
 
 
 def get_rng_states():

@@ -15,6 +15,7 @@ from common.runtime import count_parameters
 
 MANIFEST = json.loads(ckpt.MANIFEST.read_text())["files"] if ckpt.MANIFEST.is_file() else []
 README = (REPO / "weights" / "README.md").read_text() if ckpt.MANIFEST.is_file() else ""
+slim_lib = load_stage_module("05_deploy", "slim")  # inference_only: what a shipped file keeps
 
 
 def test_weights_folder_holds_exactly_the_manifest_within_the_size_budget():
@@ -32,7 +33,7 @@ def test_shipped_file_matches_its_manifest_and_readme(entry):
     assert ckpt.sha256(path) == entry["sha256"]
     assert entry["sha256"] in README and entry["file"] in README and f"{entry['parameters']:,}" in README
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # plain types only: safe to open
-    assert set(checkpoint) <= {*ckpt.INFERENCE_KEYS, *ckpt.OPTIONAL_KEYS}  # no optimizer, RNG or history
+    assert set(checkpoint) <= {*slim_lib.INFERENCE_KEYS, *slim_lib.OPTIONAL_KEYS}  # no optimizer, RNG or history
     assert checkpoint["stage"] == entry["stage"] and checkpoint["class_names"] == entry["class_names"]
 
 
@@ -69,8 +70,8 @@ def test_an_altered_shipped_file_still_loads_and_is_named_in_a_warning(tmp_path,
 
 def test_inference_only_drops_training_state_and_half_keeps_predictions(trained_02):
     full = ckpt.load_checkpoint(trained_02)
-    slim = ckpt.inference_only(full, dtype="float16")
-    assert set(slim) == set(ckpt.INFERENCE_KEYS)
+    slim = slim_lib.inference_only(full, dtype="float16")
+    assert set(slim) == set(slim_lib.INFERENCE_KEYS)
     assert all(v.dtype == torch.float16 for v in slim["model"].values() if v.is_floating_point())
     assert not any(str(v).startswith("/") for k, v in slim["config"].items() if k in ("data", "out"))
     eval_lib = load_stage_module("02_deeper", "eval")
@@ -84,7 +85,7 @@ def test_inference_only_drops_training_state_and_half_keeps_predictions(trained_
 def test_int8_file_stores_one_byte_per_kernel_weight_and_loads_back_within_half_a_step(trained_02, tmp_path):
     full = ckpt.load_checkpoint(trained_02)
     path = tmp_path / "int8.pt"
-    ckpt.save_checkpoint(path, ckpt.inference_only(full, dtype="int8"))
+    ckpt.save_checkpoint(path, slim_lib.inference_only(full, dtype="int8"))
     stored = torch.load(path, weights_only=True)
     kernels = [name for name, v in full["model"].items() if v.is_floating_point() and v.ndim >= 2]
     assert kernels and sorted(stored["int8_scales"]) == sorted(kernels)
