@@ -5,10 +5,12 @@
     python 01_baseline/train.py --resume runs/01_baseline/<run>/last.pt --epochs 50
     python 01_baseline/eval.py --checkpoint runs/01_baseline/<run>/best.pt
 
-The recipe of the baseline notebook of the source write-ups: Adam at 1e-3, batch 64, cross-entropy,
-early stopping on validation loss, no schedule. Two additions so that the weights also work on
-photos: a mirror flip and a little brightness/contrast jitter. With them the model learns more
-slowly, so it gets up to 40 epochs instead of 20, and 10 epochs without a new low before stopping.
+The recipe of the baseline notebook of the source write-ups: Adam, batch 64, cross-entropy, early
+stopping on validation loss, no schedule. Three changes, each measured on PublicTest (README):
+- a mirror flip and a little brightness/contrast jitter, so that the weights also work on photos;
+- half the notebook's learning rate (5e-4, not 1e-3), because no schedule lowers it later;
+- up to 40 epochs instead of 20, since the model learns more slowly with the jitter, and 10 epochs
+  without a new validation-loss low before stopping, since at a constant rate that loss is noisy.
 """
 import sys
 from pathlib import Path
@@ -42,8 +44,8 @@ def get_args(argv=None):
     parser.add_argument("--data", help="FER2013 CSV or folders (unset: data/fer2013*, or builtin)")
     parser.add_argument("--epochs", type=positive_int, default=40, help="maximum number of epochs")
     add_run_flags(parser)  # --batch-size, --lr, --seed, ... --wandb: the same in every stage
+    parser.set_defaults(lr=5e-4)  # no schedule lowers it later, so start at half Adam's usual 1e-3
     # stage-specific flags
-    # At a constant learning rate the validation loss is noisy: allow 10 epochs for a new low.
     parser.add_argument("--patience", type=positive_int, default=10, help="early-stopping patience")
     return parser.parse_args(argv), parser
 

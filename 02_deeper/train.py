@@ -32,7 +32,7 @@ from common.runtime import (UserError, import_sibling, loader_generator, pick_de
                             seed_everything, seed_worker)
 
 STAGE = Path(__file__).resolve().parent.name
-LESSON = ["--epochs", "--num-workers", "--patience",
+LESSON = ["--epochs", "--lr", "--num-workers", "--patience",
           "build_train_transform", "build_loaders", "main"]
 model_lib = import_sibling(__file__, "model")  # by path: every stage has its own model.py
 eval_lib = import_sibling(__file__, "eval")
