@@ -2,8 +2,9 @@
 
 Two 5x5 convolutions, each followed by ReLU and 2x2 max-pooling, learn local detectors
 (edges, then parts such as an eyebrow or a mouth corner); two fully connected layers with
-dropout turn them into one score per class. No BatchNorm, no augmentation: this is the
-reference every later stage is measured against.
+dropout turn them into one score per class. No BatchNorm, and train.py adds only the lightest
+augmentation (flip, brightness/contrast): this is the reference every later stage is measured
+against.
 
 Shapes for a 48x48 grayscale face, batch B:
     input                     (B, 1, 48, 48)
